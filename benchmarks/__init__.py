@@ -1,0 +1,1 @@
+"""Benchmark suite: one command each, JSON out."""

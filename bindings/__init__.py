@@ -1,0 +1,1 @@
+"""Acquisition-side publishers (ScanImage, Suite2p-live, C)."""

@@ -1,0 +1,1 @@
+"""Wire protocol, transport, replay and recording (the only place that imports zmq)."""
