@@ -1,0 +1,318 @@
+"""The live, sliding-window, warm-started reconstruction stage.
+
+As each activity frame arrives the window of the last ``W`` frames (``W`` = the
+encoder's window) slides by one; the new frame is initialised by a warm start (the
+previous frame's solution, or grey); gradient steps run on the frames not yet frozen
+until the per-frame time budget is spent (or a fixed number of steps, for reproducible
+runs); the frame ``lag_frames`` behind the newest is then emitted and frozen: it leaves
+the optimisation but stays in the window as temporal context for the encoder.
+
+Targets for the whole window are refreshed on every frame from the deconvolution's
+freshest estimates (``recent``), since OASIS revises recent frames as data arrive.
+
+If the service hands over a frame whose index jumps ahead (reconstruction fell behind
+and the service skipped to the newest window), the window advances by the jump; frames
+that are emitted without having received a single step are counted in ``skipped``.
+
+Each step (per ensemble member): gradient of the window's Poisson loss; zeroed on frozen
+and not-yet-valid frames; divided by its L2 norm; masked to the alpha training mask;
+Adam-style first-moment step with per-frame warm-up; clamp. With an ensemble, every
+active member keeps its own video and the emitted frame is the members' mean, blurred
+spatially with sigma ``blur_sigma_px``.
+
+This module never imports torch or zmq; time comes from an injectable clock.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from rt_decoder.errors import ConfigError, ShapeMismatchError, StageError
+from rt_decoder.messages import ActivityFrame, DecodedFrame
+from rt_decoder.recon.optim import GradientEncoder, OptimSettings, apply_step, check_fields, normalise
+
+WARM_STARTS = ("previous", "grey")
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    """Settings of the live stage.
+
+    lag_frames : decoding lag; frame t - lag_frames is emitted when frame t arrives
+    fixed_steps : steps per frame per member; 0 = use the time budget instead
+    budget_ms : per-frame time budget for gradient steps (all members together)
+    min_steps_per_member : used to decide how many ensemble members the budget allows
+    max_members : cap on ensemble members used (0 = as many as the budget allows)
+    warm_start : "previous" (copy the newest solution) or "grey"
+    blur_sigma_px : spatial Gaussian blur of the emitted frame (0 = off)
+    optim : the step rule
+    """
+
+    lag_frames: int = 10
+    fixed_steps: int = 0
+    budget_ms: float = 20.0
+    min_steps_per_member: int = 2
+    max_members: int = 0
+    warm_start: str = "previous"
+    blur_sigma_px: float = 0.5
+    optim: OptimSettings = field(default_factory=OptimSettings)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.lag_frames <= 1024):
+            raise ConfigError(f"lag_frames must be in [0, 1024], got {self.lag_frames}")
+        if not (0 <= self.fixed_steps <= 10_000):
+            raise ConfigError(f"fixed_steps must be in [0, 10000], got {self.fixed_steps}")
+        if self.fixed_steps == 0 and not (0.0 < self.budget_ms <= 10_000.0):
+            raise ConfigError(f"budget_ms must be in (0, 10000] when fixed_steps is 0, got {self.budget_ms}")
+        if self.min_steps_per_member < 1:
+            raise ConfigError("min_steps_per_member must be >= 1")
+        if self.max_members < 0:
+            raise ConfigError("max_members must be >= 0")
+        if self.warm_start not in WARM_STARTS:
+            raise ConfigError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
+        if self.blur_sigma_px < 0:
+            raise ConfigError("blur_sigma_px must be >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LiveSettings:
+        check_fields(cls, data)
+        d = dict(data)
+        if "optim" in d and isinstance(d["optim"], dict):
+            check_fields(OptimSettings, d["optim"])
+            d["optim"] = OptimSettings(**d["optim"])
+        return cls(**d)
+
+
+@dataclass
+class _Member:
+    encoder: GradientEncoder
+    video: np.ndarray      # (W, H, Wd)
+    moment: np.ndarray     # (W, H, Wd)
+    iters: np.ndarray      # (W,) int64
+
+
+class LiveReconstructor:
+    """Sliding-window warm-started reconstruction, one call per activity frame.
+
+    Parameters
+    ----------
+    encoders : sequence of GradientEncoder
+        Ensemble members (all with the same window and neuron count).
+    grad_mask : ndarray of bool, shape (H, W)
+        Pixels that receive gradient (alpha >= 0.5).
+    settings : LiveSettings
+    neuron_weights : ndarray (N,) or None
+        0 for neurons to ignore (e.g. dropped ROIs).
+    clock_ns : callable returning monotonic ns (injectable for tests)
+    """
+
+    def __init__(self, encoders: Sequence[GradientEncoder], grad_mask: np.ndarray,
+                 settings: LiveSettings = LiveSettings(), *, neuron_weights: np.ndarray | None = None,
+                 clock_ns: Callable[[], int] = time.perf_counter_ns) -> None:
+        if not encoders:
+            raise ConfigError("the live stage needs at least one encoder")
+        self.window = int(encoders[0].window_frames)
+        self.n_neurons = int(encoders[0].n_neurons)
+        for e in encoders:
+            if e.window_frames != self.window or e.n_neurons != self.n_neurons:
+                raise ConfigError("all ensemble members must share window_frames and n_neurons")
+        if settings.lag_frames >= self.window:
+            raise ConfigError(f"lag_frames={settings.lag_frames} must be below the encoder window {self.window}")
+        mask = np.asarray(grad_mask, bool)
+        if mask.ndim != 2:
+            raise ConfigError(f"grad_mask must be 2-D (H, W), got shape {mask.shape}")
+        self.frame_shape: tuple[int, int] = (int(mask.shape[0]), int(mask.shape[1]))
+        self._maskf = mask.astype(np.float32)
+        self.settings = settings
+        self._encoders = list(encoders)
+        w = np.ones(self.n_neurons, np.float32) if neuron_weights is None else np.asarray(neuron_weights, np.float32)
+        if w.shape != (self.n_neurons,):
+            raise ShapeMismatchError(f"neuron_weights must have shape ({self.n_neurons},), got {w.shape}")
+        self._weights = w
+        self._clock = clock_ns
+        self.n_members_active = len(self._encoders) if settings.max_members == 0 else min(
+            settings.max_members, len(self._encoders))
+        self.step_ns_estimate = 0.0
+        self.reset()
+
+    # ------------------------------------------------------------------ lifecycle
+    def reset(self) -> None:
+        """Forget the stream (new session): empty window, zero counters."""
+        W, (H, Wd) = self.window, self.frame_shape
+        init = self.settings.optim.init_value_px
+        self._members = [
+            _Member(e, np.full((W, H, Wd), init, np.float32), np.zeros((W, H, Wd), np.float32),
+                    np.zeros(W, np.int64))
+            for e in self._encoders
+        ]
+        self._targets = np.zeros((W, self.n_neurons), np.float32)
+        self._behaviour = np.zeros((W, 4), np.float32)
+        self._frame_index = np.full(W, -1, np.int64)    # -1 = no frame yet
+        self._acq_ns = np.zeros(W, np.int64)
+        self._steps = np.zeros(W, np.int64)             # steps each slot has received
+        self._stamps: list[tuple[tuple[str, int], ...]] = [() for _ in range(W)]
+        self.newest: int | None = None
+        self.frames_emitted = 0
+        self.skipped = 0
+        self.steps_total = 0
+        self._emitted = -1
+
+    def warmup(self, n_steps: int = 3) -> float:
+        """Run a few steps on a dummy window; returns and stores the step time estimate (ns).
+
+        In budget mode also decides how many ensemble members the budget allows.
+        """
+        W, (H, Wd) = self.window, self.frame_shape
+        video = np.full((W, H, Wd), self.settings.optim.init_value_px, np.float32)
+        beh = np.zeros((W, 4), np.float32)
+        tgt = np.zeros((W, self.n_neurons), np.float32)
+        times = []
+        for k in range(max(1, n_steps)):
+            t0 = self._clock()
+            self._encoders[k % len(self._encoders)].loss_and_grad(video, beh, tgt, self._weights)
+            times.append(self._clock() - t0)
+        est = float(np.median(times))
+        self.step_ns_estimate = est
+        s = self.settings
+        if s.fixed_steps == 0 and est > 0:
+            allowed = int(s.budget_ms * 1e6 // (est * s.min_steps_per_member))
+            cap = len(self._encoders) if s.max_members == 0 else min(s.max_members, len(self._encoders))
+            self.n_members_active = int(np.clip(allowed, 1, cap))
+        return est
+
+    # ------------------------------------------------------------------ per frame
+    def _shift(self, k: int, *, warm_value: list[np.ndarray]) -> None:
+        W = self.window
+        k = min(k, W)
+        init = self.settings.optim.init_value_px
+        for m, warm in zip(self._members, warm_value):
+            m.video[:-k] = m.video[k:].copy() if k < W else m.video[:0]
+            m.moment[:-k] = m.moment[k:].copy() if k < W else m.moment[:0]
+            m.iters[:-k] = m.iters[k:].copy() if k < W else m.iters[:0]
+            m.video[-k:] = warm if self.settings.warm_start == "previous" else init
+            m.moment[-k:] = 0.0
+            m.iters[-k:] = 0
+        for arr in (self._targets, self._behaviour, self._frame_index, self._acq_ns, self._steps):
+            if k < W:
+                arr[:-k] = arr[k:].copy()
+        self._frame_index[-k:] = -1
+        self._steps[-k:] = 0
+        self._stamps = self._stamps[k:] + [() for _ in range(k)]
+
+    def __call__(self, frame: ActivityFrame, recent: np.ndarray | None = None) -> list[DecodedFrame]:
+        """Take one activity frame; return the frames whose decoding lag has expired.
+
+        Parameters
+        ----------
+        frame : ActivityFrame
+            ``values`` (N,) activity; ``behaviour`` (4,) or None (held from the last value).
+        recent : ndarray, shape (R, N), or None
+            The deconvolution's current estimates of the last R frames, ending at
+            ``frame``; they replace the window's targets where they overlap.
+        """
+        values = np.asarray(frame.values, np.float32)
+        if values.shape != (self.n_neurons,):
+            raise ShapeMismatchError(f"activity frame has {values.shape} values; the encoder expects "
+                                     f"({self.n_neurons},)")
+        if recent is not None and (recent.ndim != 2 or recent.shape[1] != self.n_neurons):
+            raise ShapeMismatchError(f"recent must be (R, {self.n_neurons}), got {recent.shape}")
+        idx = int(frame.frame_index)
+        if self.newest is not None and idx <= self.newest:
+            raise StageError(f"frame index {idx} is not after the newest frame {self.newest}")
+        k = 1 if self.newest is None else idx - self.newest
+        out = self._emit_leaving(idx)
+        if k > self.window:
+            # frames jumped over that never fit into the window: not decoded at all
+            self.skipped += k - self.window
+        warm = [m.video[-1].copy() for m in self._members]
+        last_beh = self._behaviour[-1].copy()
+        self._shift(k, warm_value=warm)
+        # frames jumped over: unknown behaviour held; targets from `recent` below
+        self._behaviour[-k:] = last_beh
+        fill = np.arange(idx - min(k, self.window) + 1, idx + 1)
+        self._frame_index[-fill.size:] = fill
+        self._acq_ns[-1] = frame.acq_ns
+        self._stamps[-1] = frame.stamps
+        self._targets[-1] = values
+        if frame.behaviour is not None:
+            self._behaviour[-1] = np.asarray(frame.behaviour, np.float32)
+        if recent is not None:
+            r = np.asarray(recent, np.float32)[-self.window:]
+            self._targets[-r.shape[0]:] = r
+        np.maximum(self._targets, 0.0, out=self._targets)
+        self.newest = idx
+        self._optimise()
+        return out + self._emit(idx)
+
+    def _optimisable(self) -> np.ndarray:
+        assert self.newest is not None
+        return (self._frame_index >= 0) & (self._frame_index >= self.newest - self.settings.lag_frames)
+
+    def _step_member(self, m: _Member, active: np.ndarray) -> None:
+        _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights)
+        g = np.asarray(g, np.float32).copy()
+        g[~active] = 0.0
+        g = normalise(g)
+        g *= self._maskf
+        apply_step(m.video, m.moment, m.iters, g, active, self.settings.optim)
+
+    def _optimise(self) -> None:
+        # At session start the window is not full: empty slots keep grey pixels and zero
+        # targets; their gradient is zeroed, and with a causal encoder their loss cannot
+        # reach the valid frames, which follow them.
+        active = self._optimisable()
+        s = self.settings
+        members = self._members[: self.n_members_active]
+        if s.fixed_steps > 0:
+            for m in members:
+                for _ in range(s.fixed_steps):
+                    self._step_member(m, active)
+            n = s.fixed_steps
+        else:
+            budget = s.budget_ms * 1e6
+            t0 = self._clock()
+            n = 0
+            while True:
+                ts = self._clock()
+                for m in members:
+                    self._step_member(m, active)
+                n += 1
+                now = self._clock()
+                per_round = now - ts
+                self.step_ns_estimate = 0.8 * self.step_ns_estimate + 0.2 * per_round / len(members)
+                if now - t0 + per_round > budget:
+                    break
+        self._steps[active] += n
+        self.steps_total += n * len(members)
+
+    def _emit_leaving(self, new_newest: int) -> list[DecodedFrame]:
+        """Emit not-yet-emitted frames that a jump to ``new_newest`` pushes out of the window."""
+        if self.newest is None:
+            return []
+        return self._emit(min(self.newest, new_newest - self.window), ignore_lag=True)
+
+    def _emit(self, newest: int, ignore_lag: bool = False) -> list[DecodedFrame]:
+        out: list[DecodedFrame] = []
+        due = newest if ignore_lag else newest - self.settings.lag_frames
+        members = self._members[: self.n_members_active]
+        for slot in range(self.window):
+            fi = int(self._frame_index[slot])
+            # a slot is emitted once, when it reaches the lag (or leaves the window)
+            if fi < 0 or fi > due or fi <= self._emitted:
+                continue
+            image = np.mean([m.video[slot] for m in members], axis=0).astype(np.float32)
+            if self.settings.blur_sigma_px > 0:
+                image = gaussian_filter(image, self.settings.blur_sigma_px, mode="nearest").astype(np.float32)
+            if self._steps[slot] == 0:
+                self.skipped += 1
+            out.append(DecodedFrame(seq=fi, frame_index=fi, acq_ns=int(self._acq_ns[slot]),
+                                    stamps=self._stamps[slot], image=image))
+            self._emitted = fi
+            self.frames_emitted += 1
+        return out

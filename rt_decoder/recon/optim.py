@@ -1,0 +1,107 @@
+"""The pixel optimiser shared by the offline protocol and the live stage.
+
+Published protocol (REFERENCE.md section 1): momentum on normalised gradients with
+Adam-style step scaling using the first moment only, a linear learning-rate warm-up,
+pixels clamped to [0, 255] after every step, gradients applied only inside the alpha
+training mask. Each frame keeps its own iteration counter, so a frame that enters a live
+window late gets the same warm-up and bias correction as one optimised offline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+import numpy as np
+
+from rt_decoder.errors import ConfigError
+
+
+class GradientEncoder(Protocol):
+    """What reconstruction needs from an encoder backend (see rt_decoder.encoder)."""
+
+    @property
+    def window_frames(self) -> int: ...
+
+    @property
+    def n_neurons(self) -> int: ...
+
+    def loss_and_grad(self, video: np.ndarray, behaviour: np.ndarray, targets: np.ndarray,
+                      neuron_weights: np.ndarray) -> tuple[float, np.ndarray]:
+        """Poisson loss of the window and its gradient w.r.t. ``video``.
+
+        video (W, H, Wd) float32 pixels 0..255; behaviour (W, 4); targets (W, N);
+        neuron_weights (N,). Returns (loss, grad of shape (W, H, Wd)).
+        """
+        ...
+
+
+def check_fields(cls: type, data: dict[str, Any]) -> None:
+    """Raise ConfigError naming unknown keys of a settings mapping."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """Step rule of the pixel optimiser.
+
+    learning_rate_px : step size in pixel units per unit-norm gradient (published: 1000)
+    momentum : first-moment decay beta1 (Adam-style, no second moment)
+    warmup_iterations : linear learning-rate warm-up length, per frame (published: 10)
+    init_value_px : initial pixel value (published: uniform grey 127.5)
+    pixel_min_px, pixel_max_px : clamp range after every step
+    """
+
+    learning_rate_px: float = 1000.0
+    momentum: float = 0.9
+    warmup_iterations: int = 10
+    init_value_px: float = 127.5
+    pixel_min_px: float = 0.0
+    pixel_max_px: float = 255.0
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.learning_rate_px <= 1e6):
+            raise ConfigError(f"learning_rate_px must be in (0, 1e6], got {self.learning_rate_px}")
+        if not (0.0 <= self.momentum < 1.0):
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (0 <= self.warmup_iterations <= 10_000):
+            raise ConfigError(f"warmup_iterations must be in [0, 10000], got {self.warmup_iterations}")
+        if not (self.pixel_min_px < self.pixel_max_px):
+            raise ConfigError("pixel_min_px must be below pixel_max_px")
+        if not (self.pixel_min_px <= self.init_value_px <= self.pixel_max_px):
+            raise ConfigError(f"init_value_px {self.init_value_px} outside the clamp range")
+
+
+def normalise(grad: np.ndarray) -> np.ndarray:
+    """Divide ``grad`` by its L2 norm (left unchanged when the norm is zero)."""
+    n = float(np.sqrt(np.sum(np.square(grad, dtype=np.float64))))
+    return grad / np.float32(n) if n > 0 else grad
+
+
+def apply_step(video: np.ndarray, moment: np.ndarray, iters: np.ndarray, grad: np.ndarray,
+               active: np.ndarray, s: OptimSettings) -> None:
+    """One in-place optimiser step on the frames selected by ``active``.
+
+    Parameters
+    ----------
+    video, moment, grad : ndarray, shape (T, H, W), float32
+        Pixels, first moments and the (normalised, masked) gradient.
+    iters : ndarray of int64, shape (T,)
+        Per-frame iteration counters, incremented for active frames.
+    active : ndarray of bool, shape (T,)
+        Frames that take this step.
+    """
+    idx = np.flatnonzero(active)
+    if idx.size == 0:
+        return
+    b1 = s.momentum
+    iters[idx] += 1
+    t = iters[idx].astype(np.float64)
+    moment[idx] = b1 * moment[idx] + (1.0 - b1) * grad[idx]
+    warm = np.minimum(1.0, t / s.warmup_iterations) if s.warmup_iterations > 0 else np.ones_like(t)
+    scale = (s.learning_rate_px * warm / (1.0 - b1 ** t)).astype(np.float32)
+    video[idx] -= scale[:, None, None] * moment[idx]
+    video[idx] = np.clip(video[idx], s.pixel_min_px, s.pixel_max_px)
