@@ -299,3 +299,24 @@ def test_live_settings_validation() -> None:
     enc = LNPEncoder(5, window=8, shape=SHAPE)
     with pytest.raises(ConfigError, match="lag_frames"):
         LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=8))
+
+
+def test_report_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from rt_decoder.recon.report import (side_by_side_frames, write_latency_histogram, write_side_by_side,
+                                         write_summary_figure)
+
+    rng = np.random.default_rng(9)
+    true = _movie(40, rng)
+    rec = true[::-1].copy()
+    frames = side_by_side_frames(true, rec, scale=2)
+    assert frames.shape == (40, 24, 2 * (32 + 2)) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames[5, ::2, :32:2], np.clip(true[5], 0, 255).astype(np.uint8))
+    gif = write_side_by_side(tmp_path / "v.gif", true, rec)
+    import imageio.v3 as iio
+
+    back = iio.imread(gif)
+    assert back.shape[0] == 40
+    png = write_summary_figure(tmp_path / "s.png", true, rec, {"video_corr": 0.5})
+    assert png.stat().st_size > 1000
+    hist = write_latency_histogram(tmp_path / "h.png", {"e2e": rng.gamma(2.0, 1.0, 500)})
+    assert hist.read_bytes()[:4] == b"\x89PNG"
