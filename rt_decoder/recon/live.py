@@ -25,6 +25,7 @@ This module never imports torch or zmq; time comes from an injectable clock.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,6 +96,15 @@ class _Member:
     video: np.ndarray      # (W, H, Wd)
     moment: np.ndarray     # (W, H, Wd)
     iters: np.ndarray      # (W,) int64
+    features: np.ndarray | None = None   # (W, C, h, w) cached core features (cached-context path)
+    feat_ok: np.ndarray | None = None    # (W,) bool
+
+
+def _accepts_frame_weights(encoder: object) -> bool:
+    try:
+        return "frame_weights" in inspect.signature(encoder.loss_and_grad).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
+        return False
 
 
 class LiveReconstructor:
@@ -117,13 +127,28 @@ class LiveReconstructor:
                  clock_ns: Callable[[], int] = time.perf_counter_ns) -> None:
         if not encoders:
             raise ConfigError("the live stage needs at least one encoder")
-        self.window = int(encoders[0].window_frames)
         self.n_neurons = int(encoders[0].n_neurons)
+        # Cached-context path: the encoder computes the loss of the lag_frames + 1 frames
+        # still optimised, given the cached core features of the frames before them.
+        self.cached_context = all(int(getattr(e, "live_frames", 0) or 0) > 0 for e in encoders)
+        if self.cached_context:
+            live = int(getattr(encoders[0], "live_frames"))
+            self._context = int(getattr(encoders[0], "context_frames"))
+            if settings.lag_frames != live - 1:
+                raise ConfigError(f"the encoders were opened with live_frames={live}: lag_frames must be {live - 1}, "
+                                  f"got {settings.lag_frames}")
+            self.window = live + self._context
+        else:
+            self._context = 0
+            self.window = int(encoders[0].window_frames)
         for e in encoders:
-            if e.window_frames != self.window or e.n_neurons != self.n_neurons:
-                raise ConfigError("all ensemble members must share window_frames and n_neurons")
+            if e.n_neurons != self.n_neurons:
+                raise ConfigError("all ensemble members must share n_neurons")
+            if not self.cached_context and e.window_frames != self.window:
+                raise ConfigError("all ensemble members must share window_frames")
         if settings.lag_frames >= self.window:
             raise ConfigError(f"lag_frames={settings.lag_frames} must be below the encoder window {self.window}")
+        self._frame_weights = all(_accepts_frame_weights(e) for e in encoders)
         mask = np.asarray(grad_mask, bool)
         if mask.ndim != 2:
             raise ConfigError(f"grad_mask must be 2-D (H, W), got shape {mask.shape}")
@@ -151,6 +176,11 @@ class LiveReconstructor:
                     np.zeros(W, np.int64))
             for e in self._encoders
         ]
+        if self.cached_context:
+            for m in self._members:
+                grey = np.asarray(m.encoder.features(m.video[:1]), np.float32)  # type: ignore[attr-defined]
+                m.features = np.repeat(grey, W, axis=0)
+                m.feat_ok = np.zeros(W, bool)
         self._targets = np.zeros((W, self.n_neurons), np.float32)
         self._behaviour = np.zeros((W, 4), np.float32)
         self._frame_index = np.full(W, -1, np.int64)    # -1 = no frame yet
@@ -168,15 +198,20 @@ class LiveReconstructor:
 
         In budget mode also decides how many ensemble members the budget allows.
         """
-        W, (H, Wd) = self.window, self.frame_shape
-        video = np.full((W, H, Wd), self.settings.optim.init_value_px, np.float32)
-        beh = np.zeros((W, 4), np.float32)
-        tgt = np.zeros((W, self.n_neurons), np.float32)
+        saved = [(m.video.copy(), m.moment.copy(), m.iters.copy()) for m in self._members]
+        saved_idx = self._frame_index.copy()
+        self._frame_index[:] = np.arange(self.window)          # pretend a full window
         times = []
         for k in range(max(1, n_steps)):
+            m = self._members[k % len(self._members)]
             t0 = self._clock()
-            self._encoders[k % len(self._encoders)].loss_and_grad(video, beh, tgt, self._weights)
+            self._member_grad(m)
             times.append(self._clock() - t0)
+        for m, (v, mo, it) in zip(self._members, saved):
+            m.video[:], m.moment[:], m.iters[:] = v, mo, it
+            if m.feat_ok is not None:
+                m.feat_ok[:] = False
+        self._frame_index[:] = saved_idx
         est = float(np.median(times))
         self.step_ns_estimate = est
         s = self.settings
@@ -198,6 +233,11 @@ class LiveReconstructor:
             m.video[-k:] = warm if self.settings.warm_start == "previous" else init
             m.moment[-k:] = 0.0
             m.iters[-k:] = 0
+            if m.features is not None and m.feat_ok is not None:
+                if k < W:
+                    m.features[:-k] = m.features[k:].copy()
+                    m.feat_ok[:-k] = m.feat_ok[k:].copy()
+                m.feat_ok[-k:] = False
         for arr in (self._targets, self._behaviour, self._frame_index, self._acq_ns, self._steps):
             if k < W:
                 arr[:-k] = arr[k:].copy()
@@ -254,9 +294,32 @@ class LiveReconstructor:
         assert self.newest is not None
         return (self._frame_index >= 0) & (self._frame_index >= self.newest - self.settings.lag_frames)
 
+    def _member_grad(self, m: _Member) -> np.ndarray:
+        valid = (self._frame_index >= 0).astype(np.float32)
+        if not self.cached_context:
+            if self._frame_weights:
+                _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights,  # type: ignore[call-arg]
+                                               frame_weights=valid)
+            else:
+                _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights)
+            return np.asarray(g, np.float32).copy()
+        assert m.features is not None and m.feat_ok is not None
+        n = self.settings.lag_frames + 1
+        W = self.window
+        ctx = slice(W - n - self._context, W - n)
+        for slot in range(ctx.start, ctx.stop):      # frozen frames: features computed once
+            if not m.feat_ok[slot]:
+                m.features[slot] = m.encoder.features(m.video[slot:slot + 1])[0]  # type: ignore[attr-defined]
+                m.feat_ok[slot] = True
+        _, g_live = m.encoder.loss_and_grad_live(  # type: ignore[attr-defined]
+            m.video[-n:], m.features[ctx], self._behaviour[-n:], self._targets[-n:], self._weights,
+            frame_weights=valid[-n:])
+        g = np.zeros_like(m.video)
+        g[-n:] = np.asarray(g_live, np.float32).reshape(n, *self.frame_shape)
+        return g
+
     def _step_member(self, m: _Member, active: np.ndarray) -> None:
-        _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights)
-        g = np.asarray(g, np.float32).copy()
+        g = self._member_grad(m)
         g[~active] = 0.0
         g = normalise(g)
         g *= self._maskf

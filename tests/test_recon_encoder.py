@@ -1,0 +1,69 @@
+"""The live stage on the real exported encoder (ONNX Runtime), with a random-weight model.
+
+The cached-context path (loss over the frames still optimised, context features of the
+frozen frames cached) must give the same decoded frames as the full-window path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rt_decoder.messages import ActivityFrame
+from rt_decoder.recon import LiveReconstructor, LiveSettings, OptimSettings
+from rt_decoder.recon.runner import open_model
+
+N = 60
+LAG = 3
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from rt_decoder.encoder.synthetic import write_random_model
+
+    return write_random_model(tmp_path_factory.mktemp("model"), n_neurons=N, n_members=2, window_frames=16)
+
+
+def _run(live: LiveReconstructor, resp: np.ndarray, beh: np.ndarray) -> dict[int, np.ndarray]:
+    out = {}
+    for t in range(resp.shape[0]):
+        for d in live(ActivityFrame(t, t, 0, values=resp[t], behaviour=beh[t])):
+            out[d.frame_index] = d.image
+    return out
+
+
+def test_cached_context_path_equals_full_window_path(model_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    T = 24
+    resp = rng.poisson(0.5, size=(T, N)).astype(np.float32)
+    beh = np.tile(np.array([18.0, 3.0, 0.0, 0.0], np.float32), (T, 1))
+    st = LiveSettings(lag_frames=LAG, fixed_steps=2, blur_sigma_px=0.0, optim=OptimSettings(learning_rate_px=300.0))
+    full = open_model(model_dir, max_members=1, threads=1)
+    live_full = LiveReconstructor(full.encoders, full.train_mask, st)
+    cached = open_model(model_dir, max_members=1, threads=1, live_frames=LAG + 1)
+    live_cached = LiveReconstructor(cached.encoders, cached.train_mask, st)
+    assert live_cached.cached_context and not live_full.cached_context
+    a = _run(live_full, resp, beh)
+    b = _run(live_cached, resp, beh)
+    assert sorted(a) == sorted(b) == list(range(T - LAG))
+    moved = 0
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=2e-2)   # float32 graphs, 1000-px steps
+        moved += int(np.any(a[k] != 127.5))
+    assert moved > T // 2
+
+
+def test_ensemble_live_on_onnx_runtime_is_deterministic(model_dir: Path) -> None:
+    rng = np.random.default_rng(1)
+    T = 20
+    resp = rng.poisson(0.5, size=(T, N)).astype(np.float32)
+    beh = np.tile(np.array([18.0, 3.0, 0.0, 0.0], np.float32), (T, 1))
+    st = LiveSettings(lag_frames=LAG, fixed_steps=1)
+    opened = open_model(model_dir, threads=2, live_frames=LAG + 1)
+    assert len(opened.encoders) == 2
+    r1 = _run(LiveReconstructor(opened.encoders, opened.train_mask, st), resp, beh)
+    r2 = _run(LiveReconstructor(opened.encoders, opened.train_mask, st), resp, beh)
+    for k in r1:
+        np.testing.assert_array_equal(r1[k], r2[k])
