@@ -5,13 +5,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test bench clean models
+.PHONY: venv demo test bench clean models bindings-c
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev,train]'
+	# real Suite2p for the suite2p-live comparison test; --no-deps: see pyproject's dev extra
+	$(PY) -m pip install -q --no-deps 'suite2p==0.14.6'
 	touch $(STAMP)
 
 demo: venv
@@ -24,6 +26,28 @@ bench: venv
 	$(PY) -m benchmarks.deconv --out bench-deconv.json
 	$(PY) -m benchmarks.latency --out bench-latency.json
 	$(PY) -m benchmarks.encoder --out bench-encoder.json
+
+# The shipped demo encoder ensemble (rt_decoder/models/demo, ~1.5 MB of weights): simulate the
+# default virtual rig (8,000 neurons, 30 trials, deconvolved responses) and train 3 members.
+# About 20-25 min on 2 shared CPU cores. Graphs are not shipped: they are built on load.
+models: venv
+	$(VENV)/bin/rt-decoder simulate --out build/demo-data --neurons 8000 --trials 30 --seed 0 \
+	    --responses deconv --overwrite --no-progress
+	$(VENV)/bin/rt-decoder train --data build/demo-data --out rt_decoder/models/demo --ensemble 3 \
+	    --seed 0 --epochs 15 --patience 4 --max-minutes 7 --no-export
+
+# C publisher (bindings/c): needs libzmq headers (Debian: apt-get install libzmq3-dev).
+BINDINGS_C := build/bindings/c
+bindings-c: $(BINDINGS_C)/librt_publisher.a $(BINDINGS_C)/rt_publisher_example
+
+$(BINDINGS_C)/librt_publisher.a: bindings/c/rt_publisher.c bindings/c/rt_publisher.h
+	@pkg-config --exists libzmq || { echo "libzmq not found: apt-get install libzmq3-dev" >&2; exit 1; }
+	mkdir -p $(BINDINGS_C)
+	$(CC) -std=c99 -O2 -Wall -Wextra -Werror $$(pkg-config --cflags libzmq) -c bindings/c/rt_publisher.c -o $(BINDINGS_C)/rt_publisher.o
+	$(AR) rcs $@ $(BINDINGS_C)/rt_publisher.o
+
+$(BINDINGS_C)/rt_publisher_example: bindings/c/rt_publisher_example.c $(BINDINGS_C)/librt_publisher.a
+	$(CC) -std=c99 -O2 -Wall -Wextra -Werror -Ibindings/c bindings/c/rt_publisher_example.c $(BINDINGS_C)/librt_publisher.a $$(pkg-config --libs libzmq) -lm -o $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
