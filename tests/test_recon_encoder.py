@@ -67,3 +67,32 @@ def test_ensemble_live_on_onnx_runtime_is_deterministic(model_dir: Path) -> None
     r2 = _run(LiveReconstructor(opened.encoders, opened.train_mask, st), resp, beh)
     for k in r1:
         np.testing.assert_array_equal(r1[k], r2[k])
+
+
+def test_live_stage_maps_rois_by_id_and_ignores_missing(model_dir: Path) -> None:
+    from rt_decoder.errors import StageError
+    from rt_decoder.messages import SessionInfo
+    from rt_decoder.recon.stage import LiveStage, StageSettings
+
+    stage = LiveStage(StageSettings(model_dir=str(model_dir), lag_frames=LAG, fixed_steps=1, threads=1,
+                                    max_members=1))
+    stage.warmup()
+    ids = stage.neuron_ids
+    # the session has the model's neurons in reverse order, minus 10, plus 5 unknown ROIs
+    sess_ids = np.concatenate([ids[10:][::-1], np.arange(5) + 10**6])
+    stage.reset(SessionInfo("s", sess_ids, 30.0))
+    assert stage.roi_coverage == pytest.approx((N - 10) / N)
+    assert np.all(stage.live._weights[:10] == 0) and np.all(stage.live._weights[10:] == 1)
+    vals = np.arange(sess_ids.size, dtype=np.float32)
+    mapped = stage._map(vals)
+    # model neuron k (k >= 10) sits at session column (N - 1 - k)
+    for k in (10, 30, N - 1):
+        assert mapped[k] == vals[N - 1 - k]
+    assert np.all(mapped[:10] == 0)
+    out = []
+    for t in range(LAG + 3):
+        out += stage(ActivityFrame(t, t, 0, values=vals, behaviour=np.zeros(4, np.float32)),
+                     np.tile(vals, (4, 1)))
+    assert [d.frame_index for d in out] == [0, 1, 2]
+    with pytest.raises(StageError, match="none of its"):
+        stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))

@@ -167,6 +167,13 @@ class LiveReconstructor:
         self.reset()
 
     # ------------------------------------------------------------------ lifecycle
+    def set_neuron_weights(self, neuron_weights: np.ndarray) -> None:
+        """Replace the per-neuron loss weights (0 = ignore the neuron), e.g. at a new session."""
+        w = np.asarray(neuron_weights, np.float32)
+        if w.shape != (self.n_neurons,):
+            raise ShapeMismatchError(f"neuron_weights must have shape ({self.n_neurons},), got {w.shape}")
+        self._weights = w
+
     def reset(self) -> None:
         """Forget the stream (new session): empty window, zero counters."""
         W, (H, Wd) = self.window, self.frame_shape

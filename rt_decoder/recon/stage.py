@@ -1,0 +1,128 @@
+"""The live reconstruction stage as the service runs it: model + ROI mapping + LiveReconstructor.
+
+``LiveStage`` fits the service's reconstruction slot (``streaming.service``):
+``stage(frame, recent_activity) -> [DecodedFrame]``, ``reset(info)`` at each session
+start, ``warmup()`` before READY.
+
+ROIs are matched to the model's neurons by id at each session start: model neurons
+absent from the session get weight 0 (ignored by the loss, not pushed to zero), session
+ROIs the model does not know are ignored. A session sharing no ROI with the model cannot
+be decoded: ``reset`` raises ``StageError``.
+
+Imports the encoder's runtime side (ONNX Runtime), never torch unless the torch backend
+is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rt_decoder.errors import ConfigError, StageError
+from rt_decoder.messages import ActivityFrame, DecodedFrame, SessionInfo
+from rt_decoder.recon.live import LiveReconstructor, LiveSettings
+from rt_decoder.recon.optim import OptimSettings
+
+#: The shipped demo ensemble (trained on the default virtual rig).
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """What the service needs to build the live stage (see streaming.config [reconstruction])."""
+
+    model_dir: str = ""
+    backend: str = "onnxruntime"
+    threads: int = 2
+    lag_frames: int = 10
+    fixed_steps: int = 0
+    budget_ms: float = 20.0
+    max_members: int = 0
+    min_steps_per_member: int = 2
+    cached_context: bool = True
+    learning_rate_px: float = 1000.0
+    momentum: float = 0.9
+    warmup_iterations: int = 10
+    warm_start: str = "previous"
+    blur_sigma_px: float = 0.5
+
+    def live_settings(self) -> LiveSettings:
+        return LiveSettings(lag_frames=self.lag_frames, fixed_steps=self.fixed_steps, budget_ms=self.budget_ms,
+                            min_steps_per_member=self.min_steps_per_member, max_members=self.max_members,
+                            warm_start=self.warm_start, blur_sigma_px=self.blur_sigma_px,
+                            optim=OptimSettings(learning_rate_px=self.learning_rate_px, momentum=self.momentum,
+                                                warmup_iterations=self.warmup_iterations))
+
+
+class LiveStage:
+    """The service's reconstruction stage.
+
+    Parameters
+    ----------
+    settings : StageSettings
+        ``model_dir`` "" means the shipped demo model.
+    """
+
+    def __init__(self, settings: StageSettings) -> None:
+        from rt_decoder.recon.runner import open_model
+
+        model_dir = Path(settings.model_dir) if settings.model_dir else DEMO_MODEL_DIR
+        if not (model_dir / "manifest.json").is_file():
+            raise ConfigError(f"[reconstruction] model_dir {str(model_dir)!r} is not a model directory "
+                              "(no manifest.json); train one with `rt-decoder train` or `make models`")
+        self.settings = settings
+        live_frames = settings.lag_frames + 1 if settings.cached_context else 0
+        self.opened = open_model(model_dir, backend=settings.backend, threads=settings.threads,
+                                 max_members=settings.max_members, live_frames=live_frames)
+        self.model_dir = model_dir
+        self.neuron_ids = np.asarray(self.opened.model.neuron_ids, np.int64)
+        self._index = np.arange(self.neuron_ids.size)   # model neuron -> session ROI column (-1 = absent)
+        self._present = np.ones(self.neuron_ids.size, bool)
+        self.live = LiveReconstructor(self.opened.encoders, self.opened.train_mask, settings.live_settings())
+        self.roi_coverage = 1.0
+
+    @property
+    def n_neurons(self) -> int:
+        return int(self.neuron_ids.size)
+
+    def reset(self, info: SessionInfo) -> None:
+        """New session: match its ROIs to the model's neurons, clear the window."""
+        pos = {int(r): i for i, r in enumerate(info.roi_ids)}
+        index = np.array([pos.get(int(n), -1) for n in self.neuron_ids], np.int64)
+        present = index >= 0
+        if not present.any():
+            raise StageError(f"session {info.session_id!r}: none of its {info.n_rois} ROI ids is a neuron of the "
+                             f"model in {self.model_dir} ({self.n_neurons} neurons)")
+        self._index, self._present = index, present
+        self.roi_coverage = float(present.mean())
+        self.live.set_neuron_weights(present.astype(np.float32))
+        self.live.reset()
+
+    def warmup(self) -> None:
+        """Run a few dummy steps (compiles/allocates everything; sizes the ensemble to the budget)."""
+        self.live.warmup(5)
+
+    def _map(self, values: np.ndarray) -> np.ndarray:
+        out = np.zeros(values.shape[:-1] + (self.n_neurons,), np.float32)
+        out[..., self._present] = values[..., self._index[self._present]]
+        return out
+
+    def __call__(self, frame: ActivityFrame, recent_activity: np.ndarray | None = None) -> list[DecodedFrame]:
+        values = self._map(np.asarray(frame.values, np.float32))
+        recent = None
+        if recent_activity is not None and recent_activity.size:
+            recent = self._map(np.asarray(recent_activity, np.float32))
+        mapped = ActivityFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps, values=values,
+                               behaviour=frame.behaviour)
+        return self.live(mapped, recent)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the status channel."""
+        lv = self.live
+        return {"recon_frames_emitted": lv.frames_emitted, "recon_unoptimised_frames": lv.skipped,
+                "recon_steps_total": lv.steps_total, "recon_step_ms": lv.step_ns_estimate / 1e6,
+                "recon_members_active": lv.n_members_active, "recon_lag_frames": self.settings.lag_frames,
+                "recon_roi_coverage": self.roi_coverage, "recon_cached_context": lv.cached_context}
