@@ -242,6 +242,8 @@ def test_live_fixed_steps_equals_causal_offline_and_is_deterministic() -> None:
     ref = _causal_reference(enc, resp, 3, 4, opt, np.ones(SHAPE, np.float32))
     np.testing.assert_allclose(out1[: T - 3], ref[: T - 3], atol=1e-3)
     assert live.frames_emitted == T - 3 and live.skipped == 0
+    rest = live.flush()
+    assert [d.frame_index for d in rest] == [T - 3, T - 2, T - 1] and live.flush() == []
 
 
 def test_live_reconstruction_correlates_with_truth() -> None:

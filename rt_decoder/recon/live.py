@@ -361,6 +361,12 @@ class LiveReconstructor:
         self._steps[active] += n
         self.steps_total += n * len(members)
 
+    def flush(self) -> list[DecodedFrame]:
+        """Emit every frame not yet emitted with its current estimate (end of a session)."""
+        if self.newest is None:
+            return []
+        return self._emit(self.newest, ignore_lag=True)
+
     def _emit_leaving(self, new_newest: int) -> list[DecodedFrame]:
         """Emit not-yet-emitted frames that a jump to ``new_newest`` pushes out of the window."""
         if self.newest is None:
