@@ -1,0 +1,361 @@
+"""Latency benchmark of the live service: ``python -m benchmarks.latency [--quick] --out FILE``.
+
+Separate processes on loopback, per case (N ROIs, rate):
+
+    source process (this module, ``--source``)  --PUB-->  ``rt-decoder serve`` (subprocess)
+        --PUB-->  sink (this process: receives every output frame, reads its stage stamps)
+
+The source stamps each frame's ``acq_ns`` with ``CLOCK_MONOTONIC`` just before sending it,
+so ``rx - acq`` is the transport hop. Cases: 30 Hz for ``--duration-s`` seconds (60 by
+default) and "as fast as possible" (``rate_hz = 0``, a fixed number of frames), for N =
+1,000 / 8,000 / 30,000 ROIs; plus the transport hop alone (source -> this process, no
+service, paced at 200 Hz so nothing queues). Without a reconstruction stage the service
+publishes activity frames: ``recon`` is the pass-through slot.
+
+Writes JSON (required fields: ``cases`` = list of {neurons, rate_hz, stages, e2e_ms_p50,
+e2e_ms_p99, e2e_ms_max, frames_sent, frames_decoded, gaps, skips}) and a histogram PNG
+next to it (matplotlib, Agg). Prints a table. ``--quick`` finishes in under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SETTLE_S = 5.0  # see run_case: stages_settled excludes the backlog behind the initial-batch catch-up
+STAGES = ("transport", "decode", "deconv", "recon", "publish", "service", "e2e", "output_hop", "e2e_sink")
+
+
+def _free_tcp() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+# ---------------------------------------------------------------------------- source process
+
+
+def source_main(address: str, n: int, rate_hz: float, frames: int, session_id: str, wait_s: float) -> int:
+    """Publish ``frames`` fluorescence frames of ``n`` ROIs at ``rate_hz`` (0: flat out)."""
+    import zmq
+
+    from rt_decoder.messages import SessionInfo, now_ns
+    from streaming.transport import StreamPublisher
+
+    rng = np.random.default_rng(0)
+    base = (100 + 20 * rng.random(n)).astype(np.float32)
+    rows = [base + (5 * rng.standard_normal(n) + 50 * (rng.random(n) < 0.02)).astype(np.float32)
+            for _ in range(64)]
+    info = SessionInfo(session_id, np.arange(n), rate_hz if rate_hz > 0 else 1000.0, source="benchmark")
+    ctx = zmq.Context()
+    pub = StreamPublisher(address, info, bind=True, sndhwm=1_000_000, context=ctx)
+    if not pub.wait_for_subscribers(1, timeout_s=120):
+        print(json.dumps({"error": "no subscriber"}))
+        return 1
+    pub.start()
+    time.sleep(wait_s)
+    period = 0 if rate_hz <= 0 else int(1e9 / rate_hz)
+    t0 = time.monotonic_ns()
+    late = []
+    for k in range(frames):
+        if period:
+            due = t0 + k * period
+            left = due - time.monotonic_ns()
+            if left > 1_000_000:
+                time.sleep((left - 1_000_000) / 1e9)
+            while time.monotonic_ns() < due:
+                pass
+            late.append(time.monotonic_ns() - due)
+        pub.send_frame(rows[k % 64], k, now_ns())
+    t1 = time.monotonic_ns()
+    pub.end(frames)
+    time.sleep(0.5)
+    pub.close()
+    ctx.term()
+    print(json.dumps({"frames_sent": frames, "send_s": (t1 - t0) / 1e9,
+                      "pacing_late_ms_p99": float(np.percentile(late, 99) / 1e6) if late else None}))
+    return 0
+
+
+def _spawn_source(address: str, n: int, rate_hz: float, frames: int, sid: str, wait_s: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.latency", "--source", address, str(n), str(rate_hz), str(frames), sid,
+         str(wait_s)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ---------------------------------------------------------------------------- measurement
+
+
+def _summ(x: np.ndarray) -> dict[str, float]:
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return {"p50": float("nan"), "p99": float("nan"), "max": float("nan"), "n": 0}
+    return {"p50": float(np.percentile(x, 50)), "p99": float(np.percentile(x, 99)), "max": float(x.max()),
+            "n": int(x.size)}
+
+
+def transport_hop(n: int, frames: int, rate_hz: float = 200.0) -> dict[str, Any]:
+    """Source process -> this process, no service: receive time - acq stamp."""
+    import zmq
+
+    from streaming import protocol as P
+
+    addr = _free_tcp()
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.rcvhwm = 1_000_000
+    src = _spawn_source(addr, n, rate_hz, frames, "hop", 0.3)
+    hops = []
+    sub.connect(addr)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if not sub.poll(100):
+                if src.poll() is not None and not sub.poll(500):
+                    break
+                continue
+            parts = sub.recv_multipart(copy=False)
+            t = time.monotonic_ns()
+            env = P.decode(parts)
+            if env.kind == P.KIND_FRAME:
+                hops.append((t - env.t_ns) / 1e6)
+            elif env.kind == P.KIND_SESSION_END:
+                break
+    finally:
+        src.communicate(timeout=60)
+        sub.close(linger=0)
+        ctx.term()
+    return {"neurons": n, "rate_hz": rate_hz, "frames": len(hops), **{f"hop_ms_{k}": v for k, v in
+                                                                       _summ(np.asarray(hops)).items()}}
+
+
+def run_case(n: int, rate_hz: float, frames: int, workdir: Path, init_frames: int,
+             settle_s: float = SETTLE_S) -> dict[str, Any]:
+    """One source -> serve -> sink run; per-stage latencies from the output frames' stamps."""
+    import zmq
+
+    from streaming import protocol as P
+
+    src_addr, out_addr = _free_tcp(), _free_tcp()
+    tag = f"n{n}_r{int(rate_hz)}"
+    summary = workdir / f"{tag}.summary.json"
+    cfg = workdir / f"{tag}.toml"
+    cfg.write_text(f"""
+[input]
+address = "{src_addr}"
+[output]
+address = "{out_addr}"
+send_hwm_messages = 1000000
+[status]
+address = ""
+status_line_every_s = 0
+summary_json = "{summary}"
+[pipeline]
+stop_on_session_end = true
+intake_queue_frames = 100000
+[deconv]
+init_frames = {init_frames}
+""")
+    ctx = zmq.Context()
+    sink = ctx.socket(zmq.SUB)
+    sink.setsockopt(zmq.SUBSCRIBE, b"")
+    sink.rcvhwm = 1_000_000
+    sink.connect(out_addr)
+    srv = subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", "serve", "--config", str(cfg)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    src = _spawn_source(src_addr, n, rate_hz, frames, tag, 1.0)
+    rows: list[list[int]] = []
+    out_seq: list[int] = []
+    names = ["rx", "decode", "deconv", "recon", "tx"]
+    deadline = time.monotonic() + 60 + frames / max(rate_hz, 100.0) * 3
+    try:
+        while time.monotonic() < deadline:
+            if not sink.poll(200):
+                if srv.poll() is not None:
+                    break
+                continue
+            parts = sink.recv_multipart(copy=False)
+            t_sink = time.monotonic_ns()
+            env = P.decode(parts)
+            out_seq.append(env.seq)
+            if env.kind == P.KIND_ACTIVITY:
+                body: Any = env.body
+                st = dict(body.stamps)
+                rows.append([body.acq_ns] + [st.get(k, -1) for k in names] + [t_sink, body.frame_index])
+        src_out, src_err = src.communicate(timeout=120)
+        _, srv_err = srv.communicate(timeout=120)
+    finally:
+        for p in (src, srv):
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        sink.close(linger=0)
+        ctx.term()
+    if srv.returncode != 0:
+        raise RuntimeError(f"serve failed ({srv.returncode}): {srv_err[-2000:]}")
+    sent = json.loads(src_out.strip().splitlines()[-1])
+    serve_summary = json.loads(summary.read_text())
+    everything = np.asarray(rows, dtype=np.int64).reshape(-1, 8) if rows else np.zeros((0, 8), np.int64)
+    # the deconvolution's one-off catch-up over its initial batch (frame init_frames - 1) is
+    # reported on its own; the percentiles are over the frames after it (steady state)
+    fidx = everything[:, 7]
+    catchup = everything[fidx == init_frames - 1]
+    catchup_ms = float((catchup[0, 5] - catchup[0, 1]) / 1e6) if catchup.size else float("nan")
+    a = everything[fidx >= init_frames]
+    acq, rx, dec, dcv, rec, tx, sk = (a[:, i].astype(np.float64) for i in range(7))
+    spans = {
+        "transport": rx - acq, "decode": dec - rx, "deconv": dcv - dec, "recon": rec - dcv, "publish": tx - rec,
+        "service": tx - rx, "e2e": tx - acq, "output_hop": sk - tx, "e2e_sink": sk - acq,
+    }
+    stages = {k: _summ(v / 1e6) for k, v in spans.items()}
+    # after settling: frames received more than SETTLE_S after the catch-up frame left, so
+    # the backlog that queued up behind the catch-up is gone
+    catch_tx = catchup[0, 5] if catchup.size else (a[0, 5] if a.size else 0)
+    settled = rx > catch_tx + settle_s * 1e9
+    stages_settled = {k: _summ(v[settled] / 1e6) for k, v in spans.items()}
+    c = serve_summary["counters"]
+    seq = np.asarray(out_seq)
+    out_gaps = int(np.sum(np.maximum(np.diff(seq) - 1, 0))) if seq.size > 1 else 0
+    throughput = (a.shape[0] - 1) / ((tx[-1] - rx[0]) / 1e9) if a.shape[0] > 1 else float("nan")
+    e2e = stages["e2e"]
+    return {
+        "neurons": n, "rate_hz": rate_hz, "stages": stages,
+        "e2e_ms_p50": e2e["p50"], "e2e_ms_p99": e2e["p99"], "e2e_ms_max": e2e["max"],
+        "frames_sent": int(sent["frames_sent"]), "frames_decoded": int(everything.shape[0]),
+        "frames_in_stats": int(a.shape[0]), "init_frames": init_frames, "init_catchup_service_ms": catchup_ms,
+        "stages_settled": stages_settled, "frames_settled": int(settled.sum()), "settle_s": settle_s,
+        "gaps": int(c["messages_lost"] + c["frames_missing"] + c["intake_overflow"] + out_gaps),
+        "skips": int(c["skipped_frames"]), "malformed": int(serve_summary["malformed_total"]),
+        "throughput_fps": float(throughput), "source_send_s": sent["send_s"],
+        "source_pacing_late_ms_p99": sent["pacing_late_ms_p99"],
+        "_service_ms": (spans["service"] / 1e6).tolist(), "_e2e_ms": (spans["e2e"] / 1e6).tolist(),
+    }
+
+
+def plot(cases: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    bins = np.logspace(-2, 4, 121)
+    for case in cases:
+        rate = "max" if case["rate_hz"] == 0 else f"{case['rate_hz']:g} Hz"
+        label = f"N={case['neurons']} {rate}"
+        for ax, key in zip(axes, ("_service_ms", "_e2e_ms")):
+            x = np.asarray(case[key])
+            if x.size:
+                ax.hist(np.clip(x, bins[0], bins[-1]), bins=bins, histtype="step", label=label)
+    for ax, title in zip(axes, ("service: receive -> send (ms)", "end to end: source stamp -> send (ms)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("ms")
+        ax.set_ylabel("frames")
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--source":
+        a = argv[1:]
+        return source_main(a[0], int(a[1]), float(a[2]), int(a[3]), a[4], float(a[5]))
+    p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small cases, finishes in under a minute")
+    p.add_argument("--out", required=True, help="JSON output path (a .png histogram is written beside it)")
+    p.add_argument("--duration-s", type=float, default=60.0, help="length of the 30 Hz cases")
+    p.add_argument("--neurons", default="", help="comma-separated N (default 1000,8000,30000; quick 1000,8000)")
+    args = p.parse_args(argv)
+    if args.quick:
+        neurons = [1000, 8000]
+        duration_s, max_frames, hop_frames, init_frames, settle_s = 5.0, 1500, 300, 30, 1.0
+    else:
+        neurons = [1000, 8000, 30000]
+        duration_s, max_frames, hop_frames, init_frames, settle_s = args.duration_s, 5000, 2000, 300, SETTLE_S
+    if args.neurons:
+        neurons = [int(v) for v in args.neurons.split(",")]
+    t_start = time.monotonic()
+    load0 = os.getloadavg()
+    cases = []
+    hops = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for n in neurons:
+            hops.append(transport_hop(n, hop_frames))
+            for rate in (30.0, 0.0):
+                frames = int(duration_s * rate) if rate else (max_frames if n <= 8000 else max_frames // 2)
+                case = run_case(n, rate, frames, work, init_frames, settle_s)
+                cases.append(case)
+                s = case["stages"]
+                print(f"N={n:>6} {'max' if rate == 0 else f'{rate:g} Hz':>6}: sent {case['frames_sent']:>5} "
+                      f"decoded {case['frames_decoded']:>5} gaps {case['gaps']} skips {case['skips']} | "
+                      f"transport p99 {s['transport']['p99']:.3f} | deconv p50/p99 {s['deconv']['p50']:.3f}/"
+                      f"{s['deconv']['p99']:.3f} | service p50/p99/max {s['service']['p50']:.3f}/"
+                      f"{s['service']['p99']:.3f}/{s['service']['max']:.1f} | e2e p99 {case['e2e_ms_p99']:.3f} ms"
+                      f" | {case['throughput_fps']:.0f} frames/s | catch-up {case['init_catchup_service_ms']:.0f} ms,"
+                      f" settled service p99 {case['stages_settled']['service']['p99']:.3f} ms", flush=True)
+    out = Path(args.out)
+    png = out.with_suffix(".png")
+    plot(cases, png)
+    by = {(c["neurons"], c["rate_hz"]): c for c in cases}
+    hop8 = next((h for h in hops if h["neurons"] == 8000), None)
+    c8 = by.get((8000, 30.0))
+    cmax = [c for c in cases if c["rate_hz"] == 0 and c["neurons"] <= 8000]
+    targets = {
+        "transport_hop_p99_ms_8000": hop8["hop_ms_p99"] if hop8 else None,
+        "transport_hop_p99_below_1ms": bool(hop8 and hop8["hop_ms_p99"] < 1.0),
+        "service_p99_ms_8000_30hz": c8["stages"]["service"]["p99"] if c8 else None,
+        "service_p99_ms_8000_30hz_settled": c8["stages_settled"]["service"]["p99"] if c8 else None,
+        "service_p99_below_3ms": bool(c8 and c8["stages"]["service"]["p99"] < 3.0),
+        "service_p99_below_3ms_settled": bool(c8 and c8["stages_settled"]["service"]["p99"] < 3.0),
+        "throughput_fps_8000_max": by[(8000, 0.0)]["throughput_fps"] if (8000, 0.0) in by else None,
+        "throughput_at_least_1000fps": bool(cmax and all(c["throughput_fps"] >= 1000 for c in cmax)),
+    }
+    for c in cases:
+        c.pop("_service_ms")
+        c.pop("_e2e_ms")
+    result = {
+        "benchmark": "latency", "quick": args.quick, "command": "python -m benchmarks.latency "
+        + " ".join(argv), "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                      "python": platform.python_version(), "loadavg_at_start": load0},
+        "reconstruction": "none (service publishes activity frames; recon = pass-through slot)",
+        "cases": cases, "transport_hop": hops, "targets": targets, "histogram_png": str(png),
+        "wall_s": time.monotonic() - t_start,
+    }
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, float) and not np.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o
+
+    out.write_text(json.dumps(clean(result), indent=1))
+    for h in hops:
+        print(f"transport hop N={h['neurons']}: p50 {h['hop_ms_p50']:.3f} p99 {h['hop_ms_p99']:.3f} "
+              f"max {h['hop_ms_max']:.3f} ms ({h['frames']} frames at {h['rate_hz']:g} Hz)")
+    print("targets:", json.dumps(targets))
+    print(f"wrote {out} and {png} in {result['wall_s']:.1f} s (load average at start {load0})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""``rt-decoder serve``: the live decoding service (see ``streaming.service``)."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "run the live decoder: ZeroMQ fluorescence in, decoded (for now: activity) frames out"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.toml", help="service configuration (TOML); default: all defaults")
+    parser.add_argument("--print-default-config", action="store_true",
+                        help="print every option with its default and meaning, then exit")
+    parser.add_argument("--summary-json", metavar="FILE", help="write the JSON metrics summary here at exit "
+                        "(overrides [status] summary_json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from streaming.config import ServiceConfig, default_config_toml, load_config
+
+    if args.print_default_config:
+        print(default_config_toml())
+        return 0
+    config = load_config(args.config) if args.config else ServiceConfig()
+    if args.summary_json:
+        config = config.replace(status={"summary_json": args.summary_json})
+    import sys
+
+    from streaming.service import DecoderService
+
+    # shorter GIL hand-over between the receiver, pipeline and writer threads (default 5 ms)
+    sys.setswitchinterval(0.0005)
+    return DecoderService(config).run()
