@@ -142,6 +142,35 @@ class RecordingSettings:
 
 
 @dataclass(frozen=True)
+class ReconstructionSettings:
+    """[reconstruction] -- the live sliding-window reconstruction through the encoder."""
+
+    enabled: bool = _opt(True, "run live reconstruction (false: publish activity frames instead)")
+    model_dir: str = _opt("", "encoder model directory (rt-decoder train); empty = the shipped demo model")
+    backend: str = _opt("onnxruntime", "encoder backend: onnxruntime | torch | tensorrt")
+    threads: int = _opt(2, "intra-op threads of the encoder backend", 1, 256)
+    lag_frames: int = _opt(10, "decoding lag: frame t - lag_frames is emitted when frame t arrives", 0, 120)
+    fixed_steps: int = _opt(0, "gradient steps per frame per member (reproducible runs); 0 = use budget_ms",
+                            0, 10_000)
+    budget_ms: float = _opt(20.0, "per-frame time budget for gradient steps (all members together)", 0.1, 10_000.0)
+    max_members: int = _opt(0, "ensemble members to use at most; 0 = as many as the budget allows", 0, 64)
+    min_steps_per_member: int = _opt(2, "steps per frame each member must get when sizing the ensemble", 1, 1000)
+    cached_context: bool = _opt(True, "reuse the core features of frozen frames (exact for causal encoders)")
+    learning_rate_px: float = _opt(1000.0, "optimiser step size in pixel units per unit-norm gradient",
+                                   1e-3, 1e6)
+    momentum: float = _opt(0.9, "first-moment decay of the optimiser", 0.0, 0.999)
+    warmup_iterations: int = _opt(10, "per-frame learning-rate warm-up (iterations)", 0, 10_000)
+    warm_start: str = _opt("previous", "new frame starts from: previous (last solution) | grey")
+    blur_sigma_px: float = _opt(0.5, "spatial Gaussian blur of each emitted frame (0 = off)", 0.0, 10.0)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("onnxruntime", "torch", "tensorrt"):
+            raise ConfigError(f"[reconstruction] backend must be onnxruntime, torch or tensorrt, got {self.backend!r}")
+        if self.warm_start not in ("previous", "grey"):
+            raise ConfigError(f"[reconstruction] warm_start must be previous or grey, got {self.warm_start!r}")
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The whole ``serve`` configuration. ``deconv`` is passed to ``DeconvSettings``."""
 
@@ -150,6 +179,7 @@ class ServiceConfig:
     status: StatusSettings = field(default_factory=StatusSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
+    reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
     #: [deconv] table, as (key, value) pairs, validated by rt_decoder.deconv.DeconvSettings
     deconv: tuple[tuple[str, Any], ...] = ()
 
@@ -188,6 +218,7 @@ _SECTIONS: dict[str, type] = {
     "status": StatusSettings,
     "pipeline": PipelineSettings,
     "recording": RecordingSettings,
+    "reconstruction": ReconstructionSettings,
 }
 
 

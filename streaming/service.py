@@ -352,6 +352,29 @@ class ReconstructionSlot:
             if self.stage is not None and hasattr(self.stage, "reset"):
                 _call_with_optional_info(self.stage.reset, info)
 
+    def flush_session(self, timeout_s: float) -> int:
+        """End of session: finish the pending frame, then emit what the stage still holds
+        (``stage.flush()``, the frames inside its decoding lag). Returns frames emitted."""
+        if self.stage is None or not hasattr(self.stage, "flush"):
+            return 0
+        self.drain(timeout_s)
+        with self._cond:
+            self._busy = True
+        try:
+            outputs = list(self.stage.flush())
+        except StageError as exc:
+            self.metrics.count("stage_errors")
+            self.metrics.notes["last_stage_error"] = str(exc)[:200]
+            outputs = []
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+        t = now_ns()
+        for out in outputs:
+            self.emit(out.with_stamp("recon", t))
+        return len(outputs)
+
     def drain(self, timeout_s: float) -> bool:
         """Wait until nothing is pending or running; False on timeout."""
         deadline = time.monotonic() + timeout_s
@@ -471,6 +494,8 @@ class DecoderService:
         if self._status_sock is None:
             return
         snap = self.metrics.snapshot()
+        if self.stage is not None and hasattr(self.stage, "stats"):
+            snap["reconstruction"] = self.stage.stats()
         sid = self.info.session_id if self.info is not None else "rt-decoder"
         try:
             self._status_sock.send_multipart(
@@ -635,7 +660,10 @@ class DecoderService:
         self.state = final
         self.metrics.state = final.value
         if self.config.status.summary_json:
-            write_summary(self.config.status.summary_json, self.metrics.summary())
+            summary = self.metrics.summary()
+            if self.stage is not None and hasattr(self.stage, "stats"):
+                summary["reconstruction"] = self.stage.stats()
+            write_summary(self.config.status.summary_json, summary)
         self.log(self.metrics.status_line())
         self._set_state(final)
         self._close_sockets()
@@ -706,6 +734,8 @@ class DecoderService:
         if kind == protocol.KIND_HEARTBEAT:
             m.count("heartbeats_received")
         elif kind == protocol.KIND_SESSION_END:
+            if self.slot is not None:
+                self.slot.flush_session(self.config.pipeline.drain_timeout_s)
             if self.recorder is not None:
                 self.recorder.end_session()
             assert self.output is not None

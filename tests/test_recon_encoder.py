@@ -94,5 +94,7 @@ def test_live_stage_maps_rois_by_id_and_ignores_missing(model_dir: Path) -> None
         out += stage(ActivityFrame(t, t, 0, values=vals, behaviour=np.zeros(4, np.float32)),
                      np.tile(vals, (4, 1)))
     assert [d.frame_index for d in out] == [0, 1, 2]
+    assert [d.frame_index for d in stage.flush()] == list(range(3, LAG + 3))
+    stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))
     with pytest.raises(StageError, match="none of its"):
-        stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))
+        stage(ActivityFrame(0, 0, 0, values=np.zeros(3, np.float32)), None)

@@ -28,6 +28,10 @@ def tcp() -> str:
 
 
 def write_config(path: Path, text: str) -> Path:
+    """These tests exercise the service's plumbing with small synthetic populations: no
+    reconstruction (the end-to-end test with the demo model lives in test_demo/test_recon_service)."""
+    if "[reconstruction]" not in text:
+        text += "\n[reconstruction]\nenabled = false\n"
     path.write_text(text)
     return path
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "run the live decoder: ZeroMQ fluorescence in, decoded (for now: activity) frames out"
+HELP = "run the live decoder: ZeroMQ fluorescence in, decoded movie frames out"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,4 +30,17 @@ def run(args: argparse.Namespace) -> int:
 
     # shorter GIL hand-over between the receiver, pipeline and writer threads (default 5 ms)
     sys.setswitchinterval(0.0005)
-    return DecoderService(config).run()
+    return DecoderService(config, build_stage(config)).run()
+
+
+def build_stage(config):  # type: ignore[no-untyped-def]
+    """The live reconstruction stage of ``[reconstruction]``, or None when disabled."""
+    r = config.reconstruction
+    if not r.enabled:
+        return None
+    import dataclasses
+
+    from rt_decoder.recon.stage import LiveStage, StageSettings
+
+    fields = {f.name for f in dataclasses.fields(StageSettings)}
+    return LiveStage(StageSettings(**{k: v for k, v in dataclasses.asdict(r).items() if k in fields}))

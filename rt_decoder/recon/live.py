@@ -387,8 +387,10 @@ class LiveReconstructor:
                 image = gaussian_filter(image, self.settings.blur_sigma_px, mode="nearest").astype(np.float32)
             if self._steps[slot] == 0:
                 self.skipped += 1
+            # acq_ns: acquisition of the decoded frame (so source -> output includes the decoding
+            # lag); stamps: those of the newest frame, whose arrival triggered this emission
             out.append(DecodedFrame(seq=fi, frame_index=fi, acq_ns=int(self._acq_ns[slot]),
-                                    stamps=self._stamps[slot], image=image))
+                                    stamps=self._stamps[-1], image=image))
             self._emitted = fi
             self.frames_emitted += 1
         return out

@@ -83,6 +83,7 @@ class LiveStage:
         self._present = np.ones(self.neuron_ids.size, bool)
         self.live = LiveReconstructor(self.opened.encoders, self.opened.train_mask, settings.live_settings())
         self.roi_coverage = 1.0
+        self._mismatch = ""
 
     @property
     def n_neurons(self) -> int:
@@ -93,10 +94,10 @@ class LiveStage:
         pos = {int(r): i for i, r in enumerate(info.roi_ids)}
         index = np.array([pos.get(int(n), -1) for n in self.neuron_ids], np.int64)
         present = index >= 0
-        if not present.any():
-            raise StageError(f"session {info.session_id!r}: none of its {info.n_rois} ROI ids is a neuron of the "
-                             f"model in {self.model_dir} ({self.n_neurons} neurons)")
         self._index, self._present = index, present
+        self._mismatch = "" if present.any() else (
+            f"session {info.session_id!r}: none of its {info.n_rois} ROI ids is a neuron of the model in "
+            f"{self.model_dir} ({self.n_neurons} neurons): nothing can be decoded")
         self.roi_coverage = float(present.mean())
         self.live.set_neuron_weights(present.astype(np.float32))
         self.live.reset()
@@ -111,6 +112,8 @@ class LiveStage:
         return out
 
     def __call__(self, frame: ActivityFrame, recent_activity: np.ndarray | None = None) -> list[DecodedFrame]:
+        if self._mismatch:
+            raise StageError(self._mismatch)
         values = self._map(np.asarray(frame.values, np.float32))
         recent = None
         if recent_activity is not None and recent_activity.size:
@@ -118,6 +121,10 @@ class LiveStage:
         mapped = ActivityFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps, values=values,
                                behaviour=frame.behaviour)
         return self.live(mapped, recent)
+
+    def flush(self) -> list[DecodedFrame]:
+        """End of session: the frames still inside the decoding lag, at their current estimate."""
+        return [] if self._mismatch else self.live.flush()
 
     def stats(self) -> dict[str, Any]:
         """Counters for the status channel."""
