@@ -133,20 +133,23 @@ def test_nwb_file(tmp_path: Path) -> None:
 
     from pynwb.ophys import ImageSegmentation, OpticalChannel, RoiResponseSeries
 
-    nwb = pynwb.NWBFile("replay test", "id", datetime.now(timezone.utc))
-    dev = nwb.create_device("scope")
-    ch = OpticalChannel("ch", "green", 500.0)
-    plane = nwb.create_imaging_plane("plane", ch, "", dev, 600.0, 30.0, "GCaMP6s", "V1")
+    nwb = pynwb.NWBFile(session_description="replay test", identifier="id",
+                        session_start_time=datetime.now(timezone.utc))
+    dev = nwb.create_device(name="scope")
+    ch = OpticalChannel(name="ch", description="green", emission_lambda=500.0)
+    plane = nwb.create_imaging_plane(name="plane", optical_channel=ch, description="", device=dev,
+                                     excitation_lambda=600.0, imaging_rate=30.0, indicator="GCaMP6s",
+                                     location="V1")
     seg = ImageSegmentation()
-    ps = seg.create_plane_segmentation("rois", plane)
+    ps = seg.create_plane_segmentation(description="rois", imaging_plane=plane)
     for i in range(3):
         mask = np.zeros((4, 4))
         mask[i, i] = 1
         ps.add_roi(image_mask=mask)
-    mod = nwb.create_processing_module("ophys", "ophys")
+    mod = nwb.create_processing_module(name="ophys", description="ophys")
     mod.add(seg)
     data = np.random.default_rng(3).standard_normal((20, 3)).astype(np.float32)
-    region = ps.create_roi_table_region("all", region=[0, 1, 2])
+    region = ps.create_roi_table_region(description="all", region=[0, 1, 2])
     mod.add(RoiResponseSeries(name="F", data=data, rois=region, unit="a.u.", rate=30.0))
     path = tmp_path / "x.nwb"
     with pynwb.NWBHDF5IO(str(path), "w") as io:
