@@ -1,0 +1,138 @@
+"""``rt-decoder deconvolve``: run the online deconvolution stage over a recorded file.
+
+INPUT may be
+- our recorded-session HDF5 file (``.h5``/``.hdf5``, ``rt_decoder.io.session_file``): its
+  fluorescence values (T, N); frames missing from its ``frame_index`` sequence are treated
+  as missing samples; the frame rate comes from the file unless ``--fs`` is given;
+- a Suite2p plane folder: ``F.npy`` and ``Fneu.npy`` (N, T), deconvolved as
+  ``F - 0.7 Fneu``; with ``iscell.npy`` only ROIs classified as cells are kept (unless
+  ``--all-rois``); their indices are written beside the output (``OUT.rois.npy``);
+- a plain ``.npy`` array (N, T) of fluorescence (ROIs x frames, Suite2p's layout).
+
+OUT.npy is float32, time-major (T, N) like everything in rt-decoder (``--roi-major`` writes
+(N, T)): row t is the activity of frame t as the live stage reads it out ``--lag-frames``
+later (see ``rt_decoder.deconv.deconvolve_array``). Arrays are read with
+``allow_pickle=False`` (Suite2p's ``stat.npy``/``ops.npy`` are not read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "deconvolve a recorded file (session .h5, Suite2p folder, (N, T) .npy) with the online stage"
+
+NEUROPIL_COEFF = 0.7
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="session .h5 file, Suite2p plane folder, or (N, T) .npy")
+    parser.add_argument("--fs", type=float, default=None,
+                        help="frame rate in Hz (required unless INPUT is a session file)")
+    parser.add_argument("--out", required=True, type=Path, help="output .npy (float32, (T, N))")
+    parser.add_argument("--model", choices=("ar1", "ar2"), default=None, help="calcium model (default: settings)")
+    parser.add_argument("--lag-frames", type=int, default=None, help="readout lag in frames (default 5)")
+    parser.add_argument("--init-frames", type=int, default=None, help="initial estimation batch (default 300)")
+    parser.add_argument("--kinetics", choices=("estimate", "fixed"), default=None)
+    parser.add_argument("--tau-decay-s", type=float, default=None)
+    parser.add_argument("--tau-rise-s", type=float, default=None)
+    parser.add_argument("--penalty", choices=("s_min", "l1"), default=None)
+    parser.add_argument("--penalty-sigmas", type=float, default=None)
+    parser.add_argument("--all-rois", action="store_true", help="Suite2p: keep ROIs that iscell.npy rejects")
+    parser.add_argument("--roi-major", action="store_true", help="write (N, T) instead of (T, N)")
+    parser.add_argument("--threads", type=int, default=None, help="numba threads (default: numba's)")
+
+
+def _load(path: Path, fs: float | None, all_rois: bool):  # type: ignore[no-untyped-def]
+    """Return (F (T, N) float32 with NaN rows for missing frames, rows to keep (T_out,),
+    frame rate, ROI indices or None)."""
+    import numpy as np
+
+    from rt_decoder.errors import ConfigError, DataFormatError
+
+    def npy(p: Path) -> np.ndarray:
+        try:
+            return np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise DataFormatError(f"{p}: cannot read as a numeric .npy array ({exc})") from exc
+
+    rois = None
+    if path.is_dir():
+        f_path, n_path = path / "F.npy", path / "Fneu.npy"
+        if not f_path.exists() or not n_path.exists():
+            raise DataFormatError(f"{path}: a Suite2p folder needs F.npy and Fneu.npy")
+        F, Fneu = npy(f_path), npy(n_path)
+        if F.ndim != 2 or F.shape != Fneu.shape:
+            raise DataFormatError(f"{path}: F.npy {F.shape} and Fneu.npy {Fneu.shape} must be the same (N, T)")
+        X = (F - NEUROPIL_COEFF * Fneu).astype(np.float32)
+        ic_path = path / "iscell.npy"
+        if ic_path.exists() and not all_rois:
+            ic = npy(ic_path)
+            cells = (ic[:, 0] if ic.ndim == 2 else ic).astype(bool)
+            if cells.shape[0] != X.shape[0]:
+                raise DataFormatError(f"{ic_path}: {cells.shape[0]} entries for {X.shape[0]} ROIs")
+            rois = np.flatnonzero(cells)
+            X = X[rois]
+        X = np.ascontiguousarray(X.T)
+        keep = np.arange(X.shape[0])
+    elif path.suffix in (".h5", ".hdf5"):
+        from rt_decoder.io.session_file import read_session
+
+        rec = read_session(path)
+        if rec.info.is_activity:
+            raise DataFormatError(f"{path}: the session already holds deconvolved activity (is_activity)")
+        fs = rec.info.frame_rate_hz if fs is None else fs
+        fi = np.asarray(rec.frame_index, dtype=np.int64)
+        if rec.n_frames == 0:
+            raise DataFormatError(f"{path}: no frames")
+        if np.any(np.diff(fi) <= 0):
+            raise DataFormatError(f"{path}: frame_index is not strictly increasing")
+        keep = fi - fi[0]
+        X = np.full((int(keep[-1]) + 1, rec.values.shape[1]), np.nan, np.float32)
+        X[keep] = rec.values
+    elif path.suffix == ".npy":
+        A = npy(path)
+        if A.ndim != 2 or not np.issubdtype(A.dtype, np.number):
+            raise DataFormatError(f"{path}: expected a numeric (N, T) array, got {A.dtype} {A.shape}")
+        X = np.ascontiguousarray(A.T, dtype=np.float32)
+        keep = np.arange(X.shape[0])
+    else:
+        raise DataFormatError(f"{path}: not a session .h5, a Suite2p folder or a .npy file")
+    if fs is None:
+        raise ConfigError("--fs HZ is required for this input (only session files carry their frame rate)")
+    return X, keep, float(fs), rois
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from rt_decoder.deconv import DeconvSettings, deconvolve_array
+    from rt_decoder.errors import ConfigError
+
+    if args.threads is not None:
+        import numba
+
+        max_threads = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]
+        if not 1 <= args.threads <= max_threads:
+            raise ConfigError(f"--threads must be in [1, {max_threads}], got {args.threads}")
+        numba.set_num_threads(args.threads)
+    overrides = {k: getattr(args, k) for k in ("model", "lag_frames", "init_frames", "kinetics", "tau_decay_s",
+                                               "tau_rise_s", "penalty", "penalty_sigmas")
+                 if getattr(args, k) is not None}
+    settings = DeconvSettings.from_dict(overrides)
+    X, keep, fs, rois = _load(args.input, args.fs, args.all_rois)
+    t0 = time.perf_counter()
+    act = deconvolve_array(X, fs, settings)[keep]
+    dt = time.perf_counter() - t0
+    out = act.T.copy() if args.roi_major else act
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, out, allow_pickle=False)
+    if rois is not None:
+        np.save(args.out.with_suffix(".rois.npy"), rois.astype(np.int64), allow_pickle=False)
+    print(f"deconvolved {act.shape[1]} ROIs x {act.shape[0]} frames at {fs:g} Hz "
+          f"({settings.model}, lag {settings.lag_frames} frames) in {dt:.2f} s -> {args.out} {out.shape}",
+          file=sys.stderr)
+    return 0

@@ -1,0 +1,141 @@
+"""Settings of the online deconvolution stage (frozen, validated, unknown keys rejected).
+
+This module imports the standard library and ``rt_decoder.errors`` only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from rt_decoder.errors import ConfigError
+
+MODELS = ("ar1", "ar2")
+PENALTIES = ("s_min", "l1")
+KINETICS = ("estimate", "fixed")
+NORMALISE = ("dff", "none")
+BASELINE = ("tracked", "fixed")
+
+
+@dataclass(frozen=True)
+class DeconvSettings:
+    """How fluorescence becomes activity, per ROI, frame by frame.
+
+    Parameters
+    ----------
+    model : {"ar1", "ar2"}
+        Calcium model: AR(1) (decay only) or AR(2) (rise and decay).
+    penalty : {"s_min", "l1"}
+        Sparsity: a minimum spike size, or an L1 penalty (lambda), both given as
+        ``penalty_sigmas`` times the ROI's noise level (dF/F units).
+    penalty_sigmas : float
+        Size of the sparsity term in noise standard deviations (0 = none), in [0, 20].
+    lag_frames : int
+        Readout lag: the activity frame emitted for input frame t estimates frame
+        ``t - lag_frames`` (OASIS revises recent frames as data arrive), in [0, history_frames).
+    history_frames : int
+        How many recent frames ``OnlineDeconvolver.recent`` can return, in [1, 4096].
+    max_pools : int
+        OASIS pools kept per ROI (memory = N x max_pools x 36 B for AR(1), 76 B for AR(2));
+        when full the oldest pool is committed and can no longer be revised, in [4, 4096].
+        Default 4: on simulated SNR 3.3 traces spike correlation at lags 5 and 30 was the
+        same (to 0.001) for 4, 6, 8 and 64 pools, while at 100,000 ROIs the state then fits
+        in this machine's 32 MB L3 (AR(2): 4.4 ms per frame with 4 pools, 14 ms with 8).
+    init_frames : int
+        Length of the initial batch from which per-ROI parameters are estimated, in
+        [30, 100000]. Ignored when parameters are given to the stage.
+    kinetics : {"estimate", "fixed"}
+        Estimate decay (and rise) per ROI from the initial batch (clipped to the bounds
+        below, falling back to ``tau_decay_s``/``tau_rise_s``), or use the fixed values.
+    tau_decay_s, tau_rise_s : float
+        Indicator decay / rise time constants in seconds (fixed kinetics, and fallback).
+    tau_decay_min_s, tau_decay_max_s : float
+        Bounds for the estimated decay time constant, seconds.
+    normalise : {"dff", "none"}
+        Deconvolve dF/F = (F - F0) / max(F0, sigma_F), or F - F0.
+    baseline : {"tracked", "fixed"}
+        Track F0 online (a running low quantile, robust to activity, follows slow drift),
+        or keep the initial-batch value.
+    baseline_quantile : float
+        Quantile the tracker follows, in [0.01, 0.5]; F0 = quantile + z * sigma_F with z
+        the Gaussian offset of that quantile, so F0 is the noise-free baseline.
+    baseline_rate_sigmas_per_s : float
+        Tracker step: this many raw-noise standard deviations per second, in (0, 100].
+    reestimate_every_s : float
+        Slow re-estimation (0 = off), seconds of stream, in [0, 86400]: every so often the
+        noise level, penalty and (with ``kinetics="estimate"``) kinetics are re-estimated
+        from the last ``init_frames`` raw frames (kept in memory only when enabled:
+        N x init_frames x 4 bytes). See ``OnlineDeconvolver.reestimate``.
+
+    Notes
+    -----
+    Defaults were chosen by measurement on the simulated traces of ``benchmarks/deconv.py``
+    (known kinetics, lag 5): any minimum spike size or L1 penalty lowered the spike
+    correlation (s_min of 1 sigma: 0.852 vs 0.860 at SNR 3.3, 0.229 vs 0.313 at SNR 1; L1
+    up to 10 sigma: 0.001-0.01 lower), so the default is no penalty; baseline quantile
+    0.05 beat 0.1 and 0.2 (AR(2) data, SNR 3.3: 0.832 / 0.822 / 0.800).
+    """
+
+    model: str = "ar1"
+    penalty: str = "s_min"
+    penalty_sigmas: float = 0.0
+    lag_frames: int = 5
+    history_frames: int = 64
+    max_pools: int = 4
+    init_frames: int = 300
+    kinetics: str = "estimate"
+    tau_decay_s: float = 1.0
+    tau_rise_s: float = 0.08
+    tau_decay_min_s: float = 0.1
+    tau_decay_max_s: float = 5.0
+    normalise: str = "dff"
+    baseline: str = "tracked"
+    baseline_quantile: float = 0.05
+    baseline_rate_sigmas_per_s: float = 1.0
+    reestimate_every_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("model", MODELS), ("penalty", PENALTIES), ("kinetics", KINETICS),
+                              ("normalise", NORMALISE), ("baseline", BASELINE)):
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"DeconvSettings.{name} must be one of {allowed}, got {value!r}")
+        ints = {"lag_frames": (0, 4095), "history_frames": (1, 4096), "max_pools": (4, 4096),
+                "init_frames": (30, 100_000)}
+        for name, (lo, hi) in ints.items():
+            ivalue = getattr(self, name)
+            if isinstance(ivalue, bool) or not isinstance(ivalue, int) or not lo <= ivalue <= hi:
+                raise ConfigError(f"DeconvSettings.{name} must be an int in [{lo}, {hi}], got {ivalue!r}")
+        if self.lag_frames >= self.history_frames:
+            raise ConfigError(
+                f"DeconvSettings.lag_frames ({self.lag_frames}) must be < history_frames ({self.history_frames})")
+        floats = {"penalty_sigmas": (0.0, 20.0, True), "tau_decay_s": (1e-3, 60.0, True),
+                  "tau_rise_s": (1e-4, 10.0, True), "tau_decay_min_s": (1e-3, 60.0, True),
+                  "tau_decay_max_s": (1e-3, 60.0, True), "baseline_quantile": (0.01, 0.5, True),
+                  "baseline_rate_sigmas_per_s": (0.0, 100.0, False), "reestimate_every_s": (0.0, 86400.0, True)}
+        for name, (flo, fhi, lo_incl) in floats.items():
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (flo <= value if lo_incl else flo < value) and value <= fhi
+            if not ok:
+                raise ConfigError(f"DeconvSettings.{name} must be a number in "
+                                  f"{'[' if lo_incl else '('}{flo}, {fhi}], got {value!r}")
+        if not self.tau_decay_min_s <= self.tau_decay_s <= self.tau_decay_max_s:
+            raise ConfigError(f"DeconvSettings.tau_decay_s ({self.tau_decay_s}) must lie in "
+                              f"[tau_decay_min_s, tau_decay_max_s] = [{self.tau_decay_min_s}, {self.tau_decay_max_s}]")
+        if self.model == "ar2" and self.tau_rise_s >= self.tau_decay_s:
+            raise ConfigError(f"DeconvSettings.tau_rise_s ({self.tau_rise_s}) must be < tau_decay_s ({self.tau_decay_s})")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DeconvSettings":
+        """Build from a mapping (e.g. a TOML table); unknown keys raise ConfigError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown DeconvSettings keys: {unknown} (known: {sorted(known)})")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

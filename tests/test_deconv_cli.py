@@ -1,0 +1,87 @@
+"""``rt-decoder deconvolve`` over the three input kinds, checked against deconvolve_array."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rt_decoder.cli import main
+from rt_decoder.deconv import DeconvSettings, deconvolve_array
+
+FS = 30.0
+
+
+def fluorescence(T: int, N: int, seed: int = 0) -> np.ndarray:
+    """Raw fluorescence (T, N) float32 with sparse AR(1) transients."""
+    rng = np.random.default_rng(seed)
+    s = rng.poisson(0.04, (T, N))
+    c = np.zeros((T, N))
+    for t in range(T):
+        c[t] = s[t] + (0.95 * c[t - 1] if t else 0)
+    return (100 + 12 * c + 3 * rng.standard_normal((T, N))).astype(np.float32)
+
+
+def test_plain_npy_roi_major(tmp_path: Path) -> None:
+    F = fluorescence(360, 5)
+    np.save(tmp_path / "f.npy", F.T)
+    out = tmp_path / "act.npy"
+    assert main(["deconvolve", str(tmp_path / "f.npy"), "--fs", "30", "--out", str(out)]) == 0
+    got = np.load(out, allow_pickle=False)
+    assert got.shape == (360, 5) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, deconvolve_array(F, FS))
+    assert np.count_nonzero(got) > 20
+    assert main(["deconvolve", str(tmp_path / "f.npy"), "--fs", "30", "--out", str(out), "--roi-major",
+                 "--model", "ar2", "--lag-frames", "2"]) == 0
+    np.testing.assert_array_equal(np.load(out), deconvolve_array(F, FS, DeconvSettings(model="ar2", lag_frames=2)).T)
+
+
+def test_suite2p_folder_neuropil_and_iscell(tmp_path: Path) -> None:
+    F = fluorescence(330, 6, seed=1)
+    Fneu = np.full_like(F, 20.0) + np.random.default_rng(2).standard_normal(F.shape).astype(np.float32)
+    np.save(tmp_path / "F.npy", (F + 0.7 * Fneu).T)
+    np.save(tmp_path / "Fneu.npy", Fneu.T)
+    iscell = np.array([[1, 0.9], [0, 0.1], [1, 0.8], [1, 0.7], [0, 0.2], [1, 0.6]])
+    np.save(tmp_path / "iscell.npy", iscell)
+    out = tmp_path / "o" / "spks.npy"
+    assert main(["deconvolve", str(tmp_path), "--fs", "30", "--out", str(out)]) == 0
+    got = np.load(out)
+    rois = np.load(tmp_path / "o" / "spks.rois.npy")
+    np.testing.assert_array_equal(rois, [0, 2, 3, 5])
+    F_corr = ((F + 0.7 * Fneu).T - 0.7 * Fneu.T).astype(np.float32).T
+    np.testing.assert_array_equal(got, deconvolve_array(np.ascontiguousarray(F_corr[:, rois]), FS))
+
+
+def test_session_file_with_missing_frames(tmp_path: Path) -> None:
+    from rt_decoder.io.session_file import SessionWriter
+    from rt_decoder.messages import FluorescenceFrame, SessionInfo
+
+    F = fluorescence(340, 4, seed=3)
+    lost = {100, 101, 102, 250}
+    info = SessionInfo(session_id="s", roi_ids=np.arange(4), frame_rate_hz=FS)
+    path = tmp_path / "session.h5"
+    with SessionWriter(path, info) as w:
+        for k in range(340):
+            if k not in lost:
+                w.append_frame(FluorescenceFrame(seq=k, frame_index=k, acq_ns=k, values=F[k]))
+    out = tmp_path / "act.npy"
+    assert main(["deconvolve", str(path), "--out", str(out)]) == 0  # frame rate from the file
+    got = np.load(out)
+    G = F.copy()
+    G[sorted(lost)] = np.nan
+    keep = [k for k in range(340) if k not in lost]
+    assert got.shape == (340 - len(lost), 4)
+    np.testing.assert_array_equal(got, deconvolve_array(G, FS)[keep])
+
+
+def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(tmp_path / "f.npy", fluorescence(100, 3).T)
+    assert main(["deconvolve", str(tmp_path / "f.npy"), "--out", str(tmp_path / "o.npy")]) == 2
+    assert "--fs" in capsys.readouterr().err
+    (tmp_path / "d").mkdir()
+    assert main(["deconvolve", str(tmp_path / "d"), "--fs", "30", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "F.npy" in capsys.readouterr().err
+    np.save(tmp_path / "obj.npy", np.array(["a", "b"]))
+    assert main(["deconvolve", str(tmp_path / "obj.npy"), "--fs", "30", "--out", str(tmp_path / "o.npy")]) == 2
+    assert "obj.npy" in capsys.readouterr().err
