@@ -22,6 +22,14 @@ COMMANDS: dict[str, str] = {
     "simulate": "rt_decoder.commands.simulate",
     "rig": "rt_decoder.commands.rig",
     "listen": "rt_decoder.commands.listen",
+    "train": "rt_decoder.commands.train",
+    "export": "rt_decoder.commands.export",
+    "reconstruct": "rt_decoder.commands.reconstruct",
+    "serve": "rt_decoder.commands.serve",
+    "sink": "rt_decoder.commands.sink",
+    "replay": "rt_decoder.commands.replay",
+    "suite2p-live": "rt_decoder.commands.suite2p_live",
+    "deconvolve": "rt_decoder.commands.deconvolve",
 }
 
 
