@@ -42,7 +42,9 @@ def _rig_config(model: Any) -> Any:
     cfg = training.get("rig_config")
     if isinstance(cfg, dict):
         return RigConfig.from_dict(cfg)
-    return RigConfig(n_neurons=model.n_neurons, seed=int(training.get("rig_seed", 0)))
+    # the training dataset's trials are 0 .. n-1 (train + validation + test tiers)
+    n = sum(int(training.get(k, 0)) for k in ("n_train_trials", "n_val_trials", "n_test_trials")) or 20
+    return RigConfig(n_neurons=model.n_neurons, seed=int(training.get("rig_seed", 0)), n_trials=n)
 
 
 def heldout_trials(model: Any, n_trials: int, frames: int) -> list[dict[str, np.ndarray]]:

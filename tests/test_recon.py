@@ -322,3 +322,28 @@ def test_report_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert png.stat().st_size > 1000
     hist = write_latency_histogram(tmp_path / "h.png", {"e2e": rng.gamma(2.0, 1.0, 500)})
     assert hist.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_live_temporal_blur_uses_the_neighbouring_frames() -> None:
+    rng = np.random.default_rng(10)
+    enc = LNPEncoder(40, window=8, shape=SHAPE)
+    lag = 2
+    live = LiveReconstructor([enc], np.ones(SHAPE, bool),
+                             LiveSettings(lag_frames=lag, fixed_steps=2, blur_sigma_px=0.0, blur_sigma_frames=1.0,
+                                          optim=OptimSettings(learning_rate_px=300.0)))
+    resp = rng.poisson(1.0, size=(12, 40)).astype(np.float32)
+    for t in range(12):
+        out = live(ActivityFrame(t, t, 0, values=resp[t]))
+    v = live._members[0].video
+    s = live.window - 1 - lag
+    w1 = np.exp(-0.5)
+    expect = (w1 * v[s - 1] + v[s] + w1 * v[s + 1]) / (1 + 2 * w1)
+    assert [d.frame_index for d in out] == [11 - lag]
+    np.testing.assert_allclose(out[0].image, expect, rtol=1e-5)
+    assert not np.allclose(out[0].image, v[s])
+
+
+def test_target_ramp_needs_frame_weights() -> None:
+    enc = LNPEncoder(5, window=8, shape=SHAPE)
+    with pytest.raises(ConfigError, match="frame_weights"):
+        LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=2, target_ramp_frames=3))

@@ -98,3 +98,15 @@ def test_live_stage_maps_rois_by_id_and_ignores_missing(model_dir: Path) -> None
     stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))
     with pytest.raises(StageError, match="none of its"):
         stage(ActivityFrame(0, 0, 0, values=np.zeros(3, np.float32)), None)
+
+
+def test_target_ramp_down_weights_the_newest_frames(model_dir: Path) -> None:
+    opened = open_model(model_dir, max_members=1, threads=1, live_frames=LAG + 1)
+    live = LiveReconstructor(opened.encoders, opened.train_mask,
+                             LiveSettings(lag_frames=LAG, fixed_steps=1, target_ramp_frames=3))
+    np.testing.assert_allclose(live._ramp[-3:], [1.0, 2 / 3, 1 / 3])
+    assert np.all(live._ramp[:-3] == 1.0)
+    rng = np.random.default_rng(2)
+    for t in range(8):
+        live(ActivityFrame(t, t, 0, values=rng.poisson(0.5, N).astype(np.float32), behaviour=np.zeros(4, np.float32)))
+    assert live.steps_total == 8

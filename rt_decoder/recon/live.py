@@ -52,6 +52,12 @@ class LiveSettings:
     max_members : cap on ensemble members used (0 = as many as the budget allows)
     warm_start : "previous" (copy the newest solution) or "grey"
     blur_sigma_px : spatial Gaussian blur of the emitted frame (0 = off)
+    blur_sigma_frames : temporal Gaussian blur of the emitted frame with its neighbours in the
+        window (the frame before, already frozen, and the one after, still optimised); 0 = off
+    target_ramp_frames : loss weight of a frame's responses ramps up linearly over its first
+        frames in the window (age a -> min(1, (a + 1) / ramp)), since the deconvolution
+        still revises the newest estimates; 0 = every frame weighs 1 (needs an encoder whose
+        ``loss_and_grad`` takes ``frame_weights``)
     optim : the step rule
     """
 
@@ -62,9 +68,13 @@ class LiveSettings:
     max_members: int = 0
     warm_start: str = "previous"
     blur_sigma_px: float = 0.5
+    blur_sigma_frames: float = 0.0
+    target_ramp_frames: int = 0
     optim: OptimSettings = field(default_factory=OptimSettings)
 
     def __post_init__(self) -> None:
+        if not (0 <= self.target_ramp_frames <= 1024):
+            raise ConfigError(f"target_ramp_frames must be in [0, 1024], got {self.target_ramp_frames}")
         if not (0 <= self.lag_frames <= 1024):
             raise ConfigError(f"lag_frames must be in [0, 1024], got {self.lag_frames}")
         if not (0 <= self.fixed_steps <= 10_000):
@@ -77,6 +87,8 @@ class LiveSettings:
             raise ConfigError("max_members must be >= 0")
         if self.warm_start not in WARM_STARTS:
             raise ConfigError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
+        if self.blur_sigma_frames < 0:
+            raise ConfigError("blur_sigma_frames must be >= 0")
         if self.blur_sigma_px < 0:
             raise ConfigError("blur_sigma_px must be >= 0")
 
@@ -149,6 +161,11 @@ class LiveReconstructor:
         if settings.lag_frames >= self.window:
             raise ConfigError(f"lag_frames={settings.lag_frames} must be below the encoder window {self.window}")
         self._frame_weights = all(_accepts_frame_weights(e) for e in encoders)
+        if settings.target_ramp_frames and not self._frame_weights:
+            raise ConfigError("target_ramp_frames needs encoders whose loss_and_grad takes frame_weights")
+        age = np.arange(self.window)[::-1]                   # 0 = newest slot
+        ramp = settings.target_ramp_frames
+        self._ramp = (np.minimum(1.0, (age + 1) / ramp) if ramp else np.ones(self.window)).astype(np.float32)
         mask = np.asarray(grad_mask, bool)
         if mask.ndim != 2:
             raise ConfigError(f"grad_mask must be 2-D (H, W), got shape {mask.shape}")
@@ -302,7 +319,7 @@ class LiveReconstructor:
         return (self._frame_index >= 0) & (self._frame_index >= self.newest - self.settings.lag_frames)
 
     def _member_grad(self, m: _Member) -> np.ndarray:
-        valid = (self._frame_index >= 0).astype(np.float32)
+        valid = (self._frame_index >= 0).astype(np.float32) * self._ramp
         if not self.cached_context:
             if self._frame_weights:
                 _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights,  # type: ignore[call-arg]
@@ -361,6 +378,21 @@ class LiveReconstructor:
         self._steps[active] += n
         self.steps_total += n * len(members)
 
+    def _temporal_mean(self, slot: int, members: list[_Member]) -> np.ndarray:
+        """Ensemble mean at ``slot``, blurred in time with the neighbouring slots when asked."""
+        sig = self.settings.blur_sigma_frames
+        if sig <= 0:
+            return np.mean([m.video[slot] for m in members], axis=0).astype(np.float32)
+        acc = np.zeros(self.frame_shape, np.float64)
+        total = 0.0
+        for d in (-1, 0, 1):
+            k = slot + d
+            if 0 <= k < self.window and self._frame_index[k] >= 0:
+                w = float(np.exp(-0.5 * (d / sig) ** 2))
+                acc += w * np.mean([m.video[k] for m in members], axis=0)
+                total += w
+        return (acc / total).astype(np.float32)
+
     def flush(self) -> list[DecodedFrame]:
         """Emit every frame not yet emitted with its current estimate (end of a session)."""
         if self.newest is None:
@@ -382,7 +414,7 @@ class LiveReconstructor:
             # a slot is emitted once, when it reaches the lag (or leaves the window)
             if fi < 0 or fi > due or fi <= self._emitted:
                 continue
-            image = np.mean([m.video[slot] for m in members], axis=0).astype(np.float32)
+            image = self._temporal_mean(slot, members)
             if self.settings.blur_sigma_px > 0:
                 image = gaussian_filter(image, self.settings.blur_sigma_px, mode="nearest").astype(np.float32)
             if self._steps[slot] == 0:
