@@ -270,6 +270,11 @@ def suite2p_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with warnings.catch_warnings():  # suite2p 0.14's own deprecation warnings (scipy, numpy)
         warnings.simplefilter("ignore")
         run_s2p(ops=ops, db={"data_path": [str(root / "raw")], "save_path0": str(root / "out")})
+        # suite2p 0.14 leaves its TIFF reader open: collect it here, where the ResourceWarning
+        # is ignored, rather than in whichever later test the garbage collector happens to run
+        import gc
+
+        gc.collect()
     plane_dir = root / "out" / "suite2p" / "plane0"
     return {"dir": plane_dir, "movie": movie, "root": root}
 

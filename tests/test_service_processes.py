@@ -73,6 +73,12 @@ init_frames = 60
     status.setsockopt(zmq.SUBSCRIBE, b"")
     status.connect(status_addr)
     srv = serve(cfg)
+    # PUB/SUB slow joiner: start the source only once our subscription to the service's
+    # output is in place (its idle heartbeats reach us)
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and not sink.poll(200):
+        assert srv.poll() is None, srv.communicate()[1]
+    assert P.decode(sink.recv_multipart()).kind in (P.KIND_HEARTBEAT, P.KIND_SESSION_START)
     rig = subprocess.Popen(
         [sys.executable, "-m", "rt_decoder.cli", "rig", "--bind", rig_addr, "--neurons", str(n_rois),
          "--frames", str(n_frames), "--rate-hz", "60", "--session-id", "e2e", "--wait-subscribers", "1",
