@@ -29,12 +29,12 @@ bench: venv
 
 # The shipped demo encoder ensemble (rt_decoder/models/demo, ~1.5 MB of weights): simulate the
 # default virtual rig (8,000 neurons, 30 trials, deconvolved responses) and train 3 members.
-# About 20-25 min on 2 shared CPU cores. Graphs are not shipped: they are built on load.
+# About 15-25 min on 2 shared CPU cores. Graphs are not shipped: they are built on load.
 models: venv
 	$(VENV)/bin/rt-decoder simulate --out build/demo-data --neurons 8000 --trials 30 --seed 0 \
 	    --responses deconv --overwrite --no-progress
 	$(VENV)/bin/rt-decoder train --data build/demo-data --out rt_decoder/models/demo --ensemble 3 \
-	    --seed 0 --epochs 15 --patience 4 --max-minutes 7 --no-export
+	    --seed 0 --epochs 30 --patience 5 --max-minutes 9 --no-export
 
 # C publisher (bindings/c): needs libzmq headers (Debian: apt-get install libzmq3-dev).
 BINDINGS_C := build/bindings/c

@@ -158,12 +158,43 @@ def test_readout_tables_reproduce_bilinear_sampling() -> None:
     fmap = rng.normal(size=(3, 9, 16)).astype(np.float32)
     x4 = np.concatenate([fmap[:, dy:dy + 8, dx:dx + 15] for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1))])
     x4 = x4.reshape(12, 120).T  # (P2, 4C)
-    z = np.einsum("pkc,pc->pk", t.values, x4).reshape(-1)[t.neuron_slot]
+    z = t.apply(x4)
     grid = torch.from_numpy(np.stack([np.clip(pos[:, 1], 0, 15) / 7.5 - 1, np.clip(pos[:, 0], 0, 8) / 4 - 1], 1))
     ref = torch.nn.functional.grid_sample(torch.from_numpy(fmap)[None], grid[None, None].float(),
                                           align_corners=True)[0, :, 0].numpy()  # (C, N)
     np.testing.assert_allclose(z, (ref.T * w).sum(1), rtol=1e-5, atol=1e-5)
-    assert set(t.slot_neuron[t.neuron_slot]) == set(range(300))
+    slot_neuron = np.concatenate([g.slot_neuron for g in t.groups])
+    np.testing.assert_array_equal(slot_neuron[t.neuron_slot], np.arange(300))
+
+
+def _clustered(params: dict, rng: np.random.Generator) -> dict:
+    """Readout positions crowded into a few cells (as trained models have), many cells empty."""
+    n = params["readout_pos"].shape[0]
+    out = dict(params)
+    pos = rng.normal([4.0, 7.0], [0.8, 1.5], (n, 2))
+    pos[: n // 10] = rng.uniform([0, 0], [8, 15], (n // 10, 2))
+    out["readout_pos"] = np.clip(pos, 0, [8, 15]).astype(np.float32)
+    return out
+
+
+def test_clustered_positions_use_two_groups_and_keep_parity() -> None:
+    arch = ARCHS["default"]
+    rng = np.random.default_rng(12)
+    params = _clustered(random_params(arch, N, seed=13), rng)
+    t = readout_tables(params["readout_pos"], params["readout_w"])
+    assert len(t.groups) == 2
+    assert sum(g.cells.size for g in t.groups) < 120  # empty cells left out
+    video, beh, y, nw, fw = _inputs(rng)
+    net = _net(arch, params)
+    ref_loss, ref_g = loss_and_grad(net, video, beh, y, nw, fw)
+    with torch.no_grad():
+        ref_r = net(torch.from_numpy(video)[None], torch.from_numpy(beh)[None])[0].numpy()
+    (r,) = _session(build_graph("forward", params, arch, W)).run(None, {"video": video[None], "behaviour": beh})
+    loss, g = _session(build_graph("grad", params, arch, W)).run(
+        None, {"video": video[None], "behaviour": beh, "targets": y, "neuron_weights": nw, "frame_weights": fw})
+    assert np.abs(r - ref_r).max() <= 1e-5 * np.abs(ref_r).max()
+    assert float(loss) == pytest.approx(ref_loss, rel=1e-5)
+    assert np.abs(g[0] - ref_g).max() <= 1e-4 * np.abs(ref_g).max()
 
 
 @pytest.mark.parametrize("kind", GRAPH_KINDS)

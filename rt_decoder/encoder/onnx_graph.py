@@ -197,9 +197,7 @@ def build_graph(kind: GraphKind, params: Params, arch: ArchConfig, window_frames
 
     # ---------------------------------------------------------------- readout (pixel-major)
     tables = readout if readout is not None else readout_tables(params["readout_pos"], params["readout_w"])
-    K = tables.slots_per_cell
     P2 = (hf - 1) * (wf - 1)
-    vals = tables.values  # (P2, K, 4*c3)
     taps = [(0, 0), (0, 1), (1, 0), (1, 1)]
     hpix = g.transpose(hmap, (2, 3, 1, 0))  # (hf, wf, c3, T)
     patches = []
@@ -207,25 +205,32 @@ def build_graph(kind: GraphKind, params: Params, arch: ArchConfig, window_frames
         patches.append(g.op("Slice", [hpix, g.const([dy_, dx_], "st", np.int64),
                                       g.const([dy_ + hf - 1, dx_ + wf - 1], "en", np.int64),
                                       g.const([0, 1], "ax", np.int64)]))
+    nb = arch.gain_hidden + 1 if arch.gain_hidden else 0
     if arch.gain_hidden:
         # behaviour offset rides in the same MatMul: h+1 extra "channels" (tanh units and a
         # constant 1 for the bias) broadcast to every cell, with per-neuron weights g_n, b_n
         hid = g.op("Tanh", [g.op("Add", [g.op("MatMul", [beh, g.const(params["gain_w1"].T, "gw1")]),
                                          g.const(params["gain_b1"], "gb1")])])  # (T, h)
         hid1 = g.op("Concat", [g.transpose(hid, (1, 0)), g.const(np.ones((1, T), np.float32), "ones")], axis=0)
-        nb = arch.gain_hidden + 1
         patches.append(g.op("Expand", [g.reshape(hid1, (1, 1, nb, T)),
                                        g.const([hf - 1, wf - 1, nb, T], "shape", np.int64)]))
-        gb = np.concatenate([params["gain_g"].T, params["readout_b"][:, None]], axis=1)  # (N, h+1)
-        extra = np.zeros((P2 * K, nb), np.float32)
-        extra[tables.neuron_slot] = gb
-        vals_fwd = np.concatenate([vals, extra.reshape(P2, K, nb)], axis=2)
-    else:
-        vals_fwd = vals
-    x4t = g.reshape(g.op("Concat", patches, axis=2), (P2, vals_fwd.shape[2], T))  # channel = tap*c3 + c
-    contrib = g.op("MatMul", [g.const(vals_fwd, "readout_v"), x4t])  # (P2, K, T)
-    zr = g.op("Gather", [g.reshape(contrib, (P2 * K, T)), g.const(tables.neuron_slot, "neuron_slot", np.int64)],
-              axis=0)  # (N, T)
+        gb = np.concatenate([params["gain_g"].T, params["readout_b"][:, None]], axis=1).astype(np.float32)  # (N, h+1)
+    x4t = g.reshape(g.op("Concat", patches, axis=2), (P2, 4 * c3 + nb, T))  # channel = tap*c3 + c
+    rows = []
+    for gi, grp in enumerate(tables.groups):
+        G, K = grp.cells.size, grp.slots_per_cell
+        vals_fwd = grp.values
+        if nb:
+            extra = np.zeros((G * K, nb), np.float32)
+            filled = grp.slot_neuron < N
+            extra[filled] = gb[grp.slot_neuron[filled]]
+            vals_fwd = np.concatenate([vals_fwd, extra.reshape(G, K, nb)], axis=2)
+        xg = x4t if G == P2 and np.array_equal(grp.cells, np.arange(P2)) else \
+            g.op("Gather", [x4t, g.const(grp.cells, f"cells{gi}", np.int64)], axis=0)  # (G, 4c3+nb, T)
+        contrib = g.op("MatMul", [g.const(vals_fwd, f"readout_v{gi}"), xg])  # (G, K, T)
+        rows.append(g.reshape(contrib, (G * K, T)))
+    allrows = rows[0] if len(rows) == 1 else g.op("Concat", rows, axis=0)
+    zr = g.op("Gather", [allrows, g.const(tables.neuron_slot, "neuron_slot", np.int64)], axis=0)  # (N, T)
     if arch.gain_hidden:
         z = zr
     else:
@@ -250,9 +255,16 @@ def build_graph(kind: GraphKind, params: Params, arch: ArchConfig, window_frames
     dr = g.op("Mul", [wnt, g.op("Sub", [one, g.op("Div", [yt, r_eps])])])
     dz = g.op("Mul", [dr, g.op("Min", [r, one])])  # elu'(z) = min(elu(z) + 1, 1)
     dz1 = g.op("Concat", [dz, g.const(np.zeros((1, T), np.float32), "zero_row")], axis=0)  # (N+1, T)
-    dslots = g.op("Gather", [dz1, g.const(tables.slot_neuron, "slot_neuron", np.int64)], axis=0)  # (P2*K, T)
-    dx4t = g.op("MatMul", [g.const(np.ascontiguousarray(vals.transpose(0, 2, 1)), "readout_vt"),
-                           g.reshape(dslots, (P2, K, T))])  # (P2, 4c3, T)
+    dblocks = []
+    for gi, grp in enumerate(tables.groups):
+        G, K = grp.cells.size, grp.slots_per_cell
+        dslots = g.op("Gather", [dz1, g.const(grp.slot_neuron, f"slot_neuron{gi}", np.int64)], axis=0)  # (G*K, T)
+        vt = np.ascontiguousarray(grp.values.transpose(0, 2, 1))  # (G, 4c3, K)
+        dblocks.append(g.op("MatMul", [g.const(vt, f"readout_vt{gi}"), g.reshape(dslots, (G, K, T))]))
+    dblocks.append(g.const(np.zeros((1, 4 * c3, T), np.float32), "zero_cell"))
+    # every cell's row (or the zero row): a permutation Gather, no scatter
+    dx4t = g.op("Gather", [g.op("Concat", dblocks, axis=0), g.const(tables.cell_row, "cell_row", np.int64)],
+                axis=0)  # (P2, 4c3, T)
     dx4 = g.reshape(dx4t, (hf - 1, wf - 1, 4 * c3, T))
     dh = None
     for i, (dy_, dx_) in enumerate(taps):

@@ -101,38 +101,62 @@ def clamp_positions(pos: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class ReadoutTables:
-    """Pixel-major readout tables (see module docstring).
+class ReadoutGroup:
+    """Top-left cells that share one slot count K (one batched MatMul in the graph).
 
-    Every neuron reads the 2x2 block of feature cells whose top-left cell is ``cell(n)``
-    (bilinear interpolation with all four taps inside the map). The exported graph stacks
-    the four shifted copies of the feature map as 4*C "patch channels" per top-left cell,
-    so each neuron occupies exactly one slot.
-
-    Attributes
-    ----------
-    values : float32 (P2, K, 4C)
-        values[p, j, tap*C + c] = bilinear weight of ``tap`` x channel weight ``c`` of the
-        neuron in slot j of top-left cell p (zeros in padding slots); P2 = 8*15 top-left
-        cells, K = slots per cell, taps ordered (0,0), (0,1), (1,0), (1,1).
-    neuron_slot : int64 (N,)
-        flat slot index p*K + j of every neuron.
-    slot_neuron : int64 (P2*K,)
-        neuron of every slot; N (an appended zero row) for padding slots.
+    cells : int64 (G,) flat top-left cell indices (in the (hf-1)x(wf-1) grid)
+    values : float32 (G, K, 4C): values[g, j, tap*C + c] = bilinear weight of ``tap`` x
+        channel weight ``c`` of the neuron in slot j of cell ``cells[g]`` (0 in padding slots)
+    slot_neuron : int64 (G*K,) neuron of every slot; N (an appended zero row) for padding
     """
 
+    cells: np.ndarray
     values: np.ndarray
-    neuron_slot: np.ndarray
     slot_neuron: np.ndarray
 
     @property
     def slots_per_cell(self) -> int:
         return int(self.values.shape[1])
 
+
+@dataclass(frozen=True)
+class ReadoutTables:
+    """Pixel-major readout tables (see module docstring).
+
+    Every neuron reads the 2x2 block of feature cells whose top-left cell is its
+    ``bilinear_cells`` cell. The graph stacks the four shifted copies of the feature map as
+    4*C "patch channels" per top-left cell, so each neuron occupies exactly one slot. Cells
+    are split into groups by how many neurons read them (at most two groups, chosen to
+    minimise padding; cells no neuron reads are left out), because trained positions
+    cluster.
+
+    Attributes
+    ----------
+    groups : tuple of ReadoutGroup
+    neuron_slot : int64 (N,)
+        every neuron's row in the concatenation of the groups' (G*K) slot rows.
+    cell_row : int64 (P2,)
+        every top-left cell's row in the concatenation of the groups' cells, or the index
+        of an appended zero row for cells no neuron reads (the backward Gather).
+    """
+
+    groups: tuple[ReadoutGroup, ...]
+    neuron_slot: np.ndarray
+    cell_row: np.ndarray
+
+    @property
+    def n_slots(self) -> int:
+        return int(sum(g.slot_neuron.size for g in self.groups))
+
     @property
     def fill(self) -> float:
         """Share of slots that hold a neuron (1 = no padding waste)."""
-        return float(self.neuron_slot.size / self.slot_neuron.size)
+        return float(self.neuron_slot.size / max(self.n_slots, 1))
+
+    def apply(self, x4: np.ndarray) -> np.ndarray:
+        """Numpy reference of the readout: patch channels (P2, 4C) -> (N,)."""
+        rows = [np.einsum("gkc,gc->gk", g.values, x4[g.cells]).reshape(-1) for g in self.groups]
+        return np.concatenate(rows)[self.neuron_slot]
 
 
 def bilinear_cells(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,6 +175,22 @@ def bilinear_cells(pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y0 * (wf - 1) + x0, w
 
 
+def _split_groups(counts: np.ndarray) -> list[np.ndarray]:
+    """Cells with neurons, in at most two groups (by count) minimising padded slots."""
+    used = np.flatnonzero(counts > 0)
+    if used.size == 0:
+        return [np.array([0], np.int64)]
+    order = used[np.argsort(counts[used], kind="stable")]
+    c = counts[order]
+    best_cost, best_i = c.size * (int(c[-1]) + 1), c.size
+    for i in range(1, c.size):  # group A = order[:i] (K = c[i-1]+1), group B = order[i:] (K = c[-1]+1)
+        cost = i * (int(c[i - 1]) + 1) + (c.size - i) * (int(c[-1]) + 1)
+        if cost < best_cost:
+            best_cost, best_i = cost, i
+    groups = [order[:best_i], order[best_i:]]
+    return [np.sort(g) for g in groups if g.size]
+
+
 def readout_tables(pos: np.ndarray, weights: np.ndarray) -> ReadoutTables:
     """Fold positions (N, 2) and channel weights (N, C) into pixel-major tables."""
     hf, wf = FEATURE_SHAPE
@@ -158,15 +198,30 @@ def readout_tables(pos: np.ndarray, weights: np.ndarray) -> ReadoutTables:
     n_cells = (hf - 1) * (wf - 1)
     cells, tapw = bilinear_cells(pos)
     counts = np.bincount(cells, minlength=n_cells)
-    k = int(counts.max()) + 1  # >= 1 padding slot per cell keeps the tables uniform
+    vals_n = (tapw[:, :, None] * weights.astype(np.float64)[:, None, :]).astype(np.float32).reshape(n, 4 * c)
     order = np.argsort(cells, kind="stable")
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     j = np.empty(n, np.int64)
-    j[order] = np.arange(n) - starts[cells[order]]
-    neuron_slot = cells * k + j
-    values = np.zeros((n_cells * k, 4, c), np.float32)
-    values[neuron_slot] = (tapw[:, :, None] * weights.astype(np.float64)[:, None, :]).astype(np.float32)
-    slot_neuron = np.full(n_cells * k, n, np.int64)
-    slot_neuron[neuron_slot] = np.arange(n)
-    return ReadoutTables(values=values.reshape(n_cells, k, 4 * c), neuron_slot=neuron_slot,
-                         slot_neuron=slot_neuron)
+    j[order] = np.arange(n) - starts[cells[order]]  # rank of each neuron within its cell
+    groups = []
+    neuron_slot = np.empty(n, np.int64)
+    cell_row = np.full(n_cells, -1, np.int64)
+    row0 = slot0 = 0
+    for gcells in _split_groups(counts):
+        k = int(counts[gcells].max()) + 1  # >= 1 padding slot per cell
+        local = np.full(n_cells, -1, np.int64)
+        local[gcells] = np.arange(gcells.size)
+        members = np.flatnonzero(local[cells] >= 0)
+        slot = local[cells[members]] * k + j[members]
+        values = np.zeros((gcells.size * k, 4 * c), np.float32)
+        values[slot] = vals_n[members]
+        slot_neuron = np.full(gcells.size * k, n, np.int64)
+        slot_neuron[slot] = members
+        neuron_slot[members] = slot0 + slot
+        cell_row[gcells] = row0 + np.arange(gcells.size)
+        groups.append(ReadoutGroup(cells=gcells.astype(np.int64), values=values.reshape(gcells.size, k, 4 * c),
+                                   slot_neuron=slot_neuron))
+        row0 += gcells.size
+        slot0 += gcells.size * k
+    cell_row[cell_row < 0] = row0  # the zero row appended after the groups' cells
+    return ReadoutTables(groups=tuple(groups), neuron_slot=neuron_slot, cell_row=cell_row)
