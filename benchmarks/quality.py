@@ -62,7 +62,9 @@ def heldout_trials(model: Any, n_trials: int, frames: int) -> list[dict[str, np.
         tr = rig.trial(tid)
         resp = deconvolve_array(tr.fluorescence, cfg.frame_rate_hz)
         out.append({"trial_id": tid, "video": tr.video[:frames], "behaviour": tr.behaviour[:frames],
-                    "responses": np.maximum(resp[:frames], 0.0), "rates": tr.rates[:frames]})
+                    "responses": np.maximum(resp[:frames], 0.0), "rates": tr.rates[:frames],
+                    "fluorescence": tr.fluorescence[:frames], "init_fluorescence": tr.fluorescence,
+                    "frame_rate_hz": cfg.frame_rate_hz})
     return out
 
 
@@ -78,32 +80,49 @@ def predicted_responses(encoder: Any, video: np.ndarray, behaviour: np.ndarray) 
     return out
 
 
-def simulate_live(stage: Any, responses: np.ndarray, behaviour: np.ndarray, period_ms: float = 1000 / 30,
+def simulate_live(stage: Any, fluorescence: np.ndarray, behaviour: np.ndarray, frame_rate_hz: float,
+                  init_fluorescence: np.ndarray, period_ms: float = 1000 / 30,
                   recent_frames: int = 32) -> tuple[np.ndarray, list[float], int]:
-    """Drive a LiveReconstructor on a simulated real-time clock; returns (video, frame_ms, skipped)."""
-    T = responses.shape[0]
+    """Drive a LiveReconstructor as the service does, on a simulated real-time clock.
+
+    Every fluorescence frame goes through the online deconvolution stage (parameters
+    estimated beforehand from the trial's first frames, as after a session's initial batch);
+    the reconstruction gets the activity frame and ``recent`` (the deconvolution's current
+    estimates of the last frames) whenever it is free: frames arrive every ``period_ms``, a
+    frame that arrives while the stage is busy replaces the one waiting (skipped).
+    Returns (decoded video, per-call stage time in ms, skipped frames).
+    """
+    from rt_decoder.deconv import DeconvSettings, OnlineDeconvolver, estimate_parameters
+    from rt_decoder.messages import FluorescenceFrame
+
+    T, N = fluorescence.shape
+    ds = DeconvSettings()
+    dec = OnlineDeconvolver(ds, N, frame_rate_hz,
+                            parameters=estimate_parameters(init_fluorescence[: ds.init_frames], frame_rate_hz, ds))
     H, W = stage.frame_shape
     video = np.full((T, H, W), 127.5, np.float32)
     times: list[float] = []
     free_at = 0.0
-    t = 0
+    pending: tuple[Any, np.ndarray] | None = None
     skipped = 0
-    while t < T:
+    for t in range(T):
+        act = dec(FluorescenceFrame(t, t, 0, values=np.ascontiguousarray(fluorescence[t], np.float32),
+                                    behaviour=behaviour[t]))
+        recent = dec.recent(min(recent_frames, ds.history_frames))
+        if pending is not None:
+            skipped += 1
+        pending = (act, recent)
         arrival = t * period_ms
-        start = max(arrival, free_at)
-        newest = min(T - 1, int(np.floor(start / period_ms)))   # the slot keeps only the newest frame
-        if newest > t:
-            skipped += newest - t
-            t = newest
-        t0 = time.perf_counter()
-        lo = max(0, t - recent_frames + 1)
-        frames = stage(ActivityFrame(t, t, 0, values=responses[t], behaviour=behaviour[t]), responses[lo:t + 1])
-        dt = (time.perf_counter() - t0) * 1e3
-        times.append(dt)
-        free_at = start + dt
-        for d in frames:
-            video[d.frame_index] = d.image
-        t += 1
+        if free_at <= arrival or t == T - 1:
+            frame, rec = pending
+            pending = None
+            start = max(arrival, free_at)
+            t0 = time.perf_counter()
+            for d in stage(frame, rec):
+                video[d.frame_index] = d.image
+            dt = (time.perf_counter() - t0) * 1e3
+            times.append(dt)
+            free_at = start + dt
     for d in stage.flush():      # frames still inside the lag at the end: their current estimate
         video[d.frame_index] = d.image
     return video, times, skipped
@@ -186,7 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     live_videos = {}
     for lag in args.lags:
         op = open_model(model_dir, threads=args.threads, live_frames=lag + 1)
-        st = LiveSettings(lag_frames=lag, budget_ms=args.budget_ms, min_steps_per_member=1,
+        st = LiveSettings(lag_frames=lag, budget_ms=args.budget_ms, steps_per_member=args.live_steps,
                           blur_sigma_px=args.live_blur_px, blur_sigma_frames=args.live_blur_frames,
                           target_ramp_frames=args.target_ramp,
                           optim=OptimSettings(learning_rate_px=args.live_lr))
@@ -195,7 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stage = LiveReconstructor(op.encoders, op.train_mask, st)
             stage.warmup(5)
             members = stage.n_members_active
-            v, ts, sk = simulate_live(stage, tr["responses"], tr["behaviour"])
+            v, ts, sk = simulate_live(stage, tr["fluorescence"], tr["behaviour"], tr["frame_rate_hz"],
+                                      tr["init_fluorescence"])
             cs.append(corr(tr["video"], v))
             times += ts
             skipped += sk
@@ -250,8 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="most offline iterations (published: 1000); the curve is scored along the way")
     p.add_argument("--lr", type=float, default=1000.0, help="learning rate, pixel units")
     p.add_argument("--lags", type=int, nargs="+", default=[5, 10, 15, 30])
-    p.add_argument("--budget-ms", type=float, default=22.0, help="live per-frame step budget")
-    p.add_argument("--live-lr", type=float, default=300.0, help="live learning rate, pixel units")
+    p.add_argument("--budget-ms", type=float, default=20.0, help="live per-frame step budget")
+    p.add_argument("--live-steps", type=int, default=3, help="live steps per frame per member")
+    p.add_argument("--live-lr", type=float, default=100.0, help="live learning rate, pixel units")
     p.add_argument("--live-blur-px", type=float, default=1.0, help="live spatial blur sigma")
     p.add_argument("--live-blur-frames", type=float, default=1.0, help="live temporal blur sigma")
     p.add_argument("--target-ramp", type=int, default=3, help="live target ramp frames")

@@ -149,19 +149,24 @@ class ReconstructionSettings:
     model_dir: str = _opt("", "encoder model directory (rt-decoder train); empty = the shipped demo model")
     backend: str = _opt("onnxruntime", "encoder backend: onnxruntime | torch | tensorrt")
     threads: int = _opt(2, "intra-op threads of the encoder backend", 1, 256)
-    lag_frames: int = _opt(10, "decoding lag: frame t - lag_frames is emitted when frame t arrives", 0, 120)
+    lag_frames: int = _opt(15, "decoding lag: frame t - lag_frames is emitted when frame t arrives", 0, 120)
     fixed_steps: int = _opt(0, "gradient steps per frame per member (reproducible runs); 0 = use budget_ms",
                             0, 10_000)
     budget_ms: float = _opt(20.0, "per-frame time budget for gradient steps (all members together)", 0.1, 10_000.0)
     max_members: int = _opt(0, "ensemble members to use at most; 0 = as many as the budget allows", 0, 64)
-    min_steps_per_member: int = _opt(2, "steps per frame each member must get when sizing the ensemble", 1, 1000)
+    steps_per_member: int = _opt(3, "gradient steps per frame per member (fewer if the budget runs out); "
+                                 "the ensemble is sized so this many fit budget_ms", 1, 1000)
     cached_context: bool = _opt(True, "reuse the core features of frozen frames (exact for causal encoders)")
-    learning_rate_px: float = _opt(1000.0, "optimiser step size in pixel units per unit-norm gradient",
+    learning_rate_px: float = _opt(100.0, "optimiser step size in pixel units per unit-norm gradient",
                                    1e-3, 1e6)
     momentum: float = _opt(0.9, "first-moment decay of the optimiser", 0.0, 0.999)
     warmup_iterations: int = _opt(10, "per-frame learning-rate warm-up (iterations)", 0, 10_000)
     warm_start: str = _opt("previous", "new frame starts from: previous (last solution) | grey")
-    blur_sigma_px: float = _opt(0.5, "spatial Gaussian blur of each emitted frame (0 = off)", 0.0, 10.0)
+    blur_sigma_px: float = _opt(1.0, "spatial Gaussian blur of each emitted frame (0 = off)", 0.0, 10.0)
+    blur_sigma_frames: float = _opt(1.0, "temporal Gaussian blur of each emitted frame with its neighbours "
+                                    "(0 = off)", 0.0, 10.0)
+    target_ramp_frames: int = _opt(3, "the newest frames' responses weigh less in the loss, ramping to 1 over "
+                                   "this many frames (the deconvolution still revises them); 0 = off", 0, 120)
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnxruntime", "torch", "tensorrt"):

@@ -832,6 +832,11 @@ class DecoderService:
             act = ActivityFrame(frame.seq, out.frame_index, frame.acq_ns, stamps=frame.stamps + (("deconv", t),),
                                 values=out.values, behaviour=frame.behaviour)
         m.count("frames_processed")
+        if self.stage is not None and self.deconv is not None and not getattr(self.deconv, "ready", True):
+            # the deconvolution's initial batch: its output is all zeros, nothing to decode
+            # (reconstructing from it would only drag the warm-started video off course)
+            m.count("frames_before_deconv_ready")
+            return
         recent = None
         if self.stage is not None:
             if self.deconv is not None and hasattr(self.deconv, "recent"):

@@ -235,7 +235,7 @@ def test_live_fixed_steps_equals_causal_offline_and_is_deterministic() -> None:
     T = 30
     resp = rng.poisson(enc.forward(_movie(T, rng))).astype(np.float32)
     opt = OptimSettings(learning_rate_px=300.0)
-    st = LiveSettings(lag_frames=3, fixed_steps=4, blur_sigma_px=0.0, optim=opt)
+    st = LiveSettings(lag_frames=3, fixed_steps=4, blur_sigma_px=0.0, blur_sigma_frames=0.0, optim=opt)
     out1, live = _run_live(enc, resp, st)
     out2, _ = _run_live(enc, resp, st)
     np.testing.assert_array_equal(out1, out2)
@@ -288,11 +288,18 @@ def test_live_budget_mode_uses_clock_and_limits_members() -> None:
 
     encs = [LNPEncoder(20, window=8, shape=SHAPE, seed=s) for s in range(4)]
     live = LiveReconstructor(encs, np.ones(SHAPE, bool),
-                             LiveSettings(lag_frames=2, budget_ms=6.0, min_steps_per_member=1), clock_ns=clock)
+                             LiveSettings(lag_frames=2, budget_ms=6.0, steps_per_member=1), clock_ns=clock)
     live.warmup(3)
     assert 1 <= live.n_members_active <= 4
     live(ActivityFrame(0, 0, 0, values=np.ones(20, np.float32)))
     assert live.steps_total >= 1
+    # a generous budget: each member takes exactly steps_per_member steps, no more
+    roomy = LiveReconstructor(encs, np.ones(SHAPE, bool),
+                              LiveSettings(lag_frames=2, budget_ms=1000.0, steps_per_member=3), clock_ns=clock)
+    roomy.warmup(2)
+    assert roomy.n_members_active == 4
+    roomy(ActivityFrame(0, 0, 0, values=np.ones(20, np.float32)))
+    assert roomy.steps_total == 3 * 4
 
 
 def test_live_settings_validation() -> None:

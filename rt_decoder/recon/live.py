@@ -48,7 +48,10 @@ class LiveSettings:
     lag_frames : decoding lag; frame t - lag_frames is emitted when frame t arrives
     fixed_steps : steps per frame per member; 0 = use the time budget instead
     budget_ms : per-frame time budget for gradient steps (all members together)
-    min_steps_per_member : used to decide how many ensemble members the budget allows
+    steps_per_member : budget mode: gradient steps per frame for each member (fewer if the
+        budget runs out first); the ensemble is sized so that this many fit the budget.
+        More steps are not better: the live window overfits the noise of single-trial
+        responses (measured: benchmarks.quality)
     max_members : cap on ensemble members used (0 = as many as the budget allows)
     warm_start : "previous" (copy the newest solution) or "grey"
     blur_sigma_px : spatial Gaussian blur of the emitted frame (0 = off)
@@ -61,14 +64,14 @@ class LiveSettings:
     optim : the step rule
     """
 
-    lag_frames: int = 10
+    lag_frames: int = 15
     fixed_steps: int = 0
     budget_ms: float = 20.0
-    min_steps_per_member: int = 2
+    steps_per_member: int = 3
     max_members: int = 0
     warm_start: str = "previous"
-    blur_sigma_px: float = 0.5
-    blur_sigma_frames: float = 0.0
+    blur_sigma_px: float = 1.0
+    blur_sigma_frames: float = 1.0
     target_ramp_frames: int = 0
     optim: OptimSettings = field(default_factory=OptimSettings)
 
@@ -81,8 +84,8 @@ class LiveSettings:
             raise ConfigError(f"fixed_steps must be in [0, 10000], got {self.fixed_steps}")
         if self.fixed_steps == 0 and not (0.0 < self.budget_ms <= 10_000.0):
             raise ConfigError(f"budget_ms must be in (0, 10000] when fixed_steps is 0, got {self.budget_ms}")
-        if self.min_steps_per_member < 1:
-            raise ConfigError("min_steps_per_member must be >= 1")
+        if not (1 <= self.steps_per_member <= 10_000):
+            raise ConfigError(f"steps_per_member must be in [1, 10000], got {self.steps_per_member}")
         if self.max_members < 0:
             raise ConfigError("max_members must be >= 0")
         if self.warm_start not in WARM_STARTS:
@@ -240,7 +243,7 @@ class LiveReconstructor:
         self.step_ns_estimate = est
         s = self.settings
         if s.fixed_steps == 0 and est > 0:
-            allowed = int(s.budget_ms * 1e6 // (est * s.min_steps_per_member))
+            allowed = int(s.budget_ms * 1e6 // (est * s.steps_per_member))
             cap = len(self._encoders) if s.max_members == 0 else min(s.max_members, len(self._encoders))
             self.n_members_active = int(np.clip(allowed, 1, cap))
         return est
@@ -301,6 +304,11 @@ class LiveReconstructor:
         self._behaviour[-k:] = last_beh
         fill = np.arange(idx - min(k, self.window) + 1, idx + 1)
         self._frame_index[-fill.size:] = fill
+        # frames jumped over: acquisition stamps interpolated between the last two known
+        kk = min(k, self.window)
+        prev_acq = (int(self._acq_ns[-kk - 1]) if (kk < self.window and self._frame_index[-kk - 1] >= 0)
+                    else int(frame.acq_ns))
+        self._acq_ns[-kk:] = np.linspace(prev_acq, frame.acq_ns, kk + 1)[1:].astype(np.int64)
         self._acq_ns[-1] = frame.acq_ns
         self._stamps[-1] = frame.stamps
         self._targets[-1] = values
@@ -365,7 +373,7 @@ class LiveReconstructor:
             budget = s.budget_ms * 1e6
             t0 = self._clock()
             n = 0
-            while True:
+            while n < s.steps_per_member:
                 ts = self._clock()
                 for m in members:
                     self._step_member(m, active)

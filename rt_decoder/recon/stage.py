@@ -37,22 +37,25 @@ class StageSettings:
     model_dir: str = ""
     backend: str = "onnxruntime"
     threads: int = 2
-    lag_frames: int = 10
+    lag_frames: int = 15
     fixed_steps: int = 0
     budget_ms: float = 20.0
     max_members: int = 0
-    min_steps_per_member: int = 2
+    steps_per_member: int = 3
     cached_context: bool = True
-    learning_rate_px: float = 1000.0
+    learning_rate_px: float = 100.0
     momentum: float = 0.9
     warmup_iterations: int = 10
     warm_start: str = "previous"
-    blur_sigma_px: float = 0.5
+    blur_sigma_px: float = 1.0
+    blur_sigma_frames: float = 1.0
+    target_ramp_frames: int = 3
 
     def live_settings(self) -> LiveSettings:
         return LiveSettings(lag_frames=self.lag_frames, fixed_steps=self.fixed_steps, budget_ms=self.budget_ms,
-                            min_steps_per_member=self.min_steps_per_member, max_members=self.max_members,
+                            steps_per_member=self.steps_per_member, max_members=self.max_members,
                             warm_start=self.warm_start, blur_sigma_px=self.blur_sigma_px,
+                            blur_sigma_frames=self.blur_sigma_frames, target_ramp_frames=self.target_ramp_frames,
                             optim=OptimSettings(learning_rate_px=self.learning_rate_px, momentum=self.momentum,
                                                 warmup_iterations=self.warmup_iterations))
 
