@@ -26,6 +26,10 @@ bench: venv
 	$(PY) -m benchmarks.deconv --out bench-deconv.json
 	$(PY) -m benchmarks.latency --out bench-latency.json
 	$(PY) -m benchmarks.encoder --out bench-encoder.json
+	$(PY) -m benchmarks.rig_pacing --out bench-rig-pacing.json
+	$(PY) -m benchmarks.bindings --out bench-bindings.json
+	$(PY) -m benchmarks.calibration --out bench-calibration.json
+	$(PY) -m benchmarks.quality --out bench-quality.json
 
 # The shipped demo encoder ensemble (rt_decoder/models/demo, ~1.5 MB of weights): simulate the
 # default virtual rig (8,000 neurons, 30 trials, deconvolved responses) and train 3 members.

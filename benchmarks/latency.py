@@ -167,6 +167,10 @@ stop_on_session_end = true
 intake_queue_frames = 100000
 [deconv]
 init_frames = {init_frames}
+# this benchmark measures the service without reconstruction (intake + deconvolution +
+# publish); live reconstruction is measured by benchmarks.quality and the demo
+[reconstruction]
+enabled = false
 """)
     ctx = zmq.Context()
     sink = ctx.socket(zmq.SUB)

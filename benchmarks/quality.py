@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         op = open_model(model_dir, threads=args.threads, live_frames=lag + 1)
         st = LiveSettings(lag_frames=lag, budget_ms=args.budget_ms, steps_per_member=args.live_steps,
                           blur_sigma_px=args.live_blur_px, blur_sigma_frames=args.live_blur_frames,
-                          target_ramp_frames=args.target_ramp,
+                          target_ramp_frames=args.target_ramp, warm_start_decay=args.warm_start_decay,
                           optim=OptimSettings(learning_rate_px=args.live_lr))
         cs, times, skipped, members = [], [], 0, 0
         for tr in trials:
@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-lr", type=float, default=100.0, help="live learning rate, pixel units")
     p.add_argument("--live-blur-px", type=float, default=1.0, help="live spatial blur sigma")
     p.add_argument("--live-blur-frames", type=float, default=1.0, help="live temporal blur sigma")
-    p.add_argument("--target-ramp", type=int, default=3, help="live target ramp frames")
+    p.add_argument("--target-ramp", type=int, default=8, help="live target ramp frames")
+    p.add_argument("--warm-start-decay", type=float, default=0.9, help="live warm start: grey + decay * (previous - grey)")
     p.add_argument("--skip-frames", type=int, default=30, help="leading frames left out of the score")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

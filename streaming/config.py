@@ -162,10 +162,12 @@ class ReconstructionSettings:
     momentum: float = _opt(0.9, "first-moment decay of the optimiser", 0.0, 0.999)
     warmup_iterations: int = _opt(10, "per-frame learning-rate warm-up (iterations)", 0, 10_000)
     warm_start: str = _opt("previous", "new frame starts from: previous (last solution) | grey")
+    warm_start_decay: float = _opt(0.9, "with previous: start at grey + decay * (previous - grey), so errors "
+                                   "cannot accumulate over a long session (1 = plain copy)", 0.0, 1.0)
     blur_sigma_px: float = _opt(1.0, "spatial Gaussian blur of each emitted frame (0 = off)", 0.0, 10.0)
     blur_sigma_frames: float = _opt(1.0, "temporal Gaussian blur of each emitted frame with its neighbours "
                                     "(0 = off)", 0.0, 10.0)
-    target_ramp_frames: int = _opt(3, "the newest frames' responses weigh less in the loss, ramping to 1 over "
+    target_ramp_frames: int = _opt(8, "the newest frames' responses weigh less in the loss, ramping to 1 over "
                                    "this many frames (the deconvolution still revises them); 0 = off", 0, 120)
 
     def __post_init__(self) -> None:

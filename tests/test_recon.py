@@ -235,7 +235,8 @@ def test_live_fixed_steps_equals_causal_offline_and_is_deterministic() -> None:
     T = 30
     resp = rng.poisson(enc.forward(_movie(T, rng))).astype(np.float32)
     opt = OptimSettings(learning_rate_px=300.0)
-    st = LiveSettings(lag_frames=3, fixed_steps=4, blur_sigma_px=0.0, blur_sigma_frames=0.0, optim=opt)
+    st = LiveSettings(lag_frames=3, fixed_steps=4, blur_sigma_px=0.0, blur_sigma_frames=0.0, warm_start_decay=1.0,
+                      optim=opt)
     out1, live = _run_live(enc, resp, st)
     out2, _ = _run_live(enc, resp, st)
     np.testing.assert_array_equal(out1, out2)
@@ -354,3 +355,22 @@ def test_target_ramp_needs_frame_weights() -> None:
     enc = LNPEncoder(5, window=8, shape=SHAPE)
     with pytest.raises(ConfigError, match="frame_weights"):
         LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=2, target_ramp_frames=3))
+
+
+def test_warm_start_decay_pulls_the_new_frame_towards_grey() -> None:
+    enc = LNPEncoder(20, window=8, shape=SHAPE)
+    resp = np.random.default_rng(11).poisson(1.0, size=(6, 20)).astype(np.float32)
+    live = LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=2, fixed_steps=2,
+                                                                       warm_start_decay=0.5))
+    for t in range(5):
+        live(ActivityFrame(t, t, 0, values=resp[t]))
+    prev = live._members[0].video[-1].copy()
+    st0 = LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=2, fixed_steps=0, budget_ms=1e-3,
+                                                                      warm_start_decay=0.5))
+    st0._members[0].video[-1] = prev
+    st0.newest = 4
+    st0._frame_index[-1] = 4
+    st0._shift(1, warm_value=[prev])
+    np.testing.assert_allclose(st0._members[0].video[-1], 127.5 + 0.5 * (prev - 127.5), rtol=1e-6)
+    with pytest.raises(ConfigError, match="warm_start_decay"):
+        LiveSettings(warm_start_decay=1.5)

@@ -54,6 +54,9 @@ class LiveSettings:
         responses (measured: benchmarks.quality)
     max_members : cap on ensemble members used (0 = as many as the budget allows)
     warm_start : "previous" (copy the newest solution) or "grey"
+    warm_start_decay : with "previous", the new frame starts at grey + decay * (previous -
+        grey): below 1 it forgets what the data no longer support, so errors cannot
+        accumulate over a long session
     blur_sigma_px : spatial Gaussian blur of the emitted frame (0 = off)
     blur_sigma_frames : temporal Gaussian blur of the emitted frame with its neighbours in the
         window (the frame before, already frozen, and the one after, still optimised); 0 = off
@@ -70,6 +73,7 @@ class LiveSettings:
     steps_per_member: int = 3
     max_members: int = 0
     warm_start: str = "previous"
+    warm_start_decay: float = 0.9
     blur_sigma_px: float = 1.0
     blur_sigma_frames: float = 1.0
     target_ramp_frames: int = 0
@@ -88,6 +92,8 @@ class LiveSettings:
             raise ConfigError(f"steps_per_member must be in [1, 10000], got {self.steps_per_member}")
         if self.max_members < 0:
             raise ConfigError("max_members must be >= 0")
+        if not (0.0 <= self.warm_start_decay <= 1.0):
+            raise ConfigError(f"warm_start_decay must be in [0, 1], got {self.warm_start_decay}")
         if self.warm_start not in WARM_STARTS:
             raise ConfigError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
         if self.blur_sigma_frames < 0:
@@ -257,7 +263,11 @@ class LiveReconstructor:
             m.video[:-k] = m.video[k:].copy() if k < W else m.video[:0]
             m.moment[:-k] = m.moment[k:].copy() if k < W else m.moment[:0]
             m.iters[:-k] = m.iters[k:].copy() if k < W else m.iters[:0]
-            m.video[-k:] = warm if self.settings.warm_start == "previous" else init
+            if self.settings.warm_start == "previous":
+                d = self.settings.warm_start_decay
+                m.video[-k:] = warm if d == 1.0 else init + d * (warm - init)
+            else:
+                m.video[-k:] = init
             m.moment[-k:] = 0.0
             m.iters[-k:] = 0
             if m.features is not None and m.feat_ok is not None:

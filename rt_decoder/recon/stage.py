@@ -47,14 +47,16 @@ class StageSettings:
     momentum: float = 0.9
     warmup_iterations: int = 10
     warm_start: str = "previous"
+    warm_start_decay: float = 0.9
     blur_sigma_px: float = 1.0
     blur_sigma_frames: float = 1.0
-    target_ramp_frames: int = 3
+    target_ramp_frames: int = 8
 
     def live_settings(self) -> LiveSettings:
         return LiveSettings(lag_frames=self.lag_frames, fixed_steps=self.fixed_steps, budget_ms=self.budget_ms,
                             steps_per_member=self.steps_per_member, max_members=self.max_members,
-                            warm_start=self.warm_start, blur_sigma_px=self.blur_sigma_px,
+                            warm_start=self.warm_start, warm_start_decay=self.warm_start_decay,
+                            blur_sigma_px=self.blur_sigma_px,
                             blur_sigma_frames=self.blur_sigma_frames, target_ramp_frames=self.target_ramp_frames,
                             optim=OptimSettings(learning_rate_px=self.learning_rate_px, momentum=self.momentum,
                                                 warmup_iterations=self.warmup_iterations))
