@@ -36,7 +36,7 @@ from scipy.ndimage import gaussian_filter
 
 from rt_decoder.errors import ConfigError, ShapeMismatchError, StageError
 from rt_decoder.messages import ActivityFrame, DecodedFrame
-from rt_decoder.recon.optim import GradientEncoder, OptimSettings, apply_step, check_fields, normalise
+from rt_decoder.recon.optim import GradientEncoder, OptimSettings, apply_step, normalise, settings_with_optim
 
 WARM_STARTS = ("previous", "grey")
 
@@ -103,12 +103,7 @@ class LiveSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LiveSettings:
-        check_fields(cls, data)
-        d = dict(data)
-        if "optim" in d and isinstance(d["optim"], dict):
-            check_fields(OptimSettings, d["optim"])
-            d["optim"] = OptimSettings(**d["optim"])
-        return cls(**d)
+        return cls(**settings_with_optim(cls, data))
 
 
 @dataclass

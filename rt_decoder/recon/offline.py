@@ -17,7 +17,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from rt_decoder.errors import ConfigError, StageError
-from rt_decoder.recon.optim import GradientEncoder, OptimSettings, apply_step, check_fields, normalise
+from rt_decoder.recon.optim import GradientEncoder, OptimSettings, apply_step, normalise, settings_with_optim
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,7 @@ class OfflineSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OfflineSettings:
-        check_fields(cls, data)
-        d = dict(data)
-        if "optim" in d and isinstance(d["optim"], dict):
-            check_fields(OptimSettings, d["optim"])
-            d["optim"] = OptimSettings(**d["optim"])
-        return cls(**d)
+        return cls(**settings_with_optim(cls, data))
 
 
 def window_starts(n_frames: int, window: int, stride: int) -> np.ndarray:

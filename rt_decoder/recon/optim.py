@@ -44,6 +44,17 @@ def check_fields(cls: type, data: dict[str, Any]) -> None:
         raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
 
 
+def settings_with_optim(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for ``cls`` from a mapping whose optional "optim" table holds
+    ``OptimSettings`` fields; unknown keys at either level raise ConfigError."""
+    check_fields(cls, data)
+    d = dict(data)
+    if isinstance(d.get("optim"), dict):
+        check_fields(OptimSettings, d["optim"])
+        d["optim"] = OptimSettings(**d["optim"])
+    return d
+
+
 @dataclass(frozen=True)
 class OptimSettings:
     """Step rule of the pixel optimiser.
