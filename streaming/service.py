@@ -840,7 +840,7 @@ class DecoderService:
         recent = None
         if self.stage is not None:
             if self.deconv is not None and hasattr(self.deconv, "recent"):
-                recent = np.array(self.deconv.recent(self.config.pipeline.recent_window_frames), np.float32)
+                recent = np.asarray(self.deconv.recent(self.config.pipeline.recent_window_frames), np.float32)  # a fresh copy already
             elif self._recent is not None:
                 self._recent = np.roll(self._recent, -1, axis=0)
                 self._recent[-1] = act.values

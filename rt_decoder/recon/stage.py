@@ -89,6 +89,7 @@ class LiveStage:
         self.live = LiveReconstructor(self.opened.encoders, self.opened.train_mask, settings.live_settings())
         self.roi_coverage = 1.0
         self._mismatch = ""
+        self._identity = True
 
     @property
     def n_neurons(self) -> int:
@@ -100,6 +101,9 @@ class LiveStage:
         index = np.array([pos.get(int(n), -1) for n in self.neuron_ids], np.int64)
         present = index >= 0
         self._index, self._present = index, present
+        # the usual case: the session's ROIs are the model's neurons in the model's order
+        self._identity = bool(present.all() and info.n_rois == self.n_neurons
+                              and np.array_equal(index, np.arange(self.n_neurons)))
         self._mismatch = "" if present.any() else (
             f"session {info.session_id!r}: none of its {info.n_rois} ROI ids is a neuron of the model in "
             f"{self.model_dir} ({self.n_neurons} neurons): nothing can be decoded")
@@ -112,6 +116,8 @@ class LiveStage:
         self.live.warmup(5)
 
     def _map(self, values: np.ndarray) -> np.ndarray:
+        if self._identity:
+            return np.asarray(values, np.float32)
         out = np.zeros(values.shape[:-1] + (self.n_neurons,), np.float32)
         out[..., self._present] = values[..., self._index[self._present]]
         return out
