@@ -389,47 +389,60 @@ def _plain(obj: Any) -> Any:
     return asdict(obj) if is_dataclass(obj) and not isinstance(obj, type) else obj
 
 
+#: Offline step rules the sweep compares on validation trials: (learning_rate_px,
+#: smooth_sigma_px, smooth_sigma_frames, decay_iterations, amortised start)
+SWEEP_OFFLINE = [
+    (1000.0, 0.0, 0.0, 0, False),    # the published rule
+    (1000.0, 2.0, 1.0, 0, False),    # + gradient smoothing
+    (1000.0, 2.0, 1.0, 100, False),  # + step decay
+    (1000.0, 2.0, 1.0, 100, True),   # + amortised start
+    (300.0, 2.0, 1.0, 100, True),
+    (1000.0, 3.0, 1.0, 100, True),
+    (1000.0, 2.0, 1.0, 30, True),
+    (1000.0, 2.0, 1.0, 300, True),
+]
+
+
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
-    """Validation trials only: the step rule (offline) and the live settings, one grid each."""
+    """Validation trials only: the offline step rules of SWEEP_OFFLINE and a live grid."""
     from rt_decoder.recon import LiveSettings, OfflineSettings, OptimSettings
-    from rt_decoder.recon.offline import blur_video
 
     r = _Runner(args)
     val = r.val
     W = r.encs[0].window_frames
-    out: dict[str, Any] = {"selected_on": "validation", "validation_trials": [tr["trial_id"] for tr in val]}
+    out: dict[str, Any] = {"selected_on": "validation", "validation_trials": [tr["trial_id"] for tr in val],
+                           "frames": args.frames, "member": 0}
     cps = _checkpoints(args.iterations)
     rows = []
-    for lr in args.sweep_lr:
-        for sp in args.sweep_smooth_px:
-            for st in args.sweep_smooth_frames:
-                for am in ([True, False] if r.amortised is not None else [False]):
-                    s = OfflineSettings(window_frames=W, stride_frames=min(8, W),
-                                        optim=OptimSettings(learning_rate_px=lr, smooth_sigma_px=sp,
-                                                            smooth_sigma_frames=st))
-                    snaps = r.offline_snapshots(val, s, cps, amortised=am, members=1)
-                    curve = r.curve(val, snaps, s, cps)
-                    unbl = [float(np.mean([r.corr(tr["video"], pm[0][c]) for tr, pm in zip(val, snaps)])) for c in cps]
-                    row = {"learning_rate_px": lr, "smooth_sigma_px": sp, "smooth_sigma_frames": st,
-                           "amortised": am, "curve": curve, "unblurred": unbl}
-                    rows.append(row)
-                    print(f"lr {lr:6g} smooth {sp:g}/{st:g} amortised {am!s:5}: " + "  ".join(
-                        f"{c}:{u:.3f}/{e['single']:.3f}" for c, u, e in zip(cps, unbl, curve)), flush=True)
+    for lr, sp, st, decay, am in SWEEP_OFFLINE:
+        if am and r.amortised is None:
+            continue
+        s = OfflineSettings(window_frames=W, stride_frames=min(8, W),
+                            optim=OptimSettings(learning_rate_px=lr, smooth_sigma_px=sp, smooth_sigma_frames=st,
+                                                decay_iterations=decay))
+        snaps = r.offline_snapshots(val, s, cps, amortised=am, members=1)
+        curve = r.curve(val, snaps, s, cps)
+        unbl = [float(np.mean([r.corr(tr["video"], pm[0][c]) for tr, pm in zip(val, snaps)])) for c in cps]
+        rows.append({"learning_rate_px": lr, "smooth_sigma_px": sp, "smooth_sigma_frames": st,
+                     "decay_iterations": decay, "amortised": am, "iterations": cps,
+                     "single_blurred": [e["single"] for e in curve], "single_unblurred": unbl})
+        print(f"lr {lr:6g} smooth {sp:g}/{st:g} decay {decay:4d} amortised {am!s:5}: " + "  ".join(
+            f"{c}:{u:.3f}/{e['single']:.3f}" for c, u, e in zip(cps, unbl, curve)), flush=True)
     out["offline"] = rows
     live_rows = []
     base = LiveSettings()
     for lr in args.sweep_live_lr:
         for steps in args.sweep_live_steps:
-            st = replace(base, lag_frames=10, steps_per_member=steps,
-                         optim=replace(base.optim, learning_rate_px=lr))
-            c, times, skipped, members, _ = r.live(val, st)
-            live_rows.append({"learning_rate_px": lr, "steps_per_member": steps, "video_corr": c,
-                              "frame_ms_p99": float(np.percentile(times, 99)), "skipped": skipped,
-                              "members": members})
-            print(f"live lr {lr:g} steps {steps}: {c:.3f} (p99 {np.percentile(times, 99):.1f} ms, "
-                  f"skipped {skipped}, members {members})", flush=True)
+            for am in ([True, False] if r.amortised is not None else [False]):
+                st = replace(base, lag_frames=10, steps_per_member=steps, amortised_start=am,
+                             optim=replace(base.optim, learning_rate_px=lr))
+                c, times, skipped, members, _ = r.live(val, st)
+                live_rows.append({"learning_rate_px": lr, "steps_per_member": steps, "amortised": am,
+                                  "video_corr": c, "frame_ms_p99": float(np.percentile(times, 99)),
+                                  "skipped": skipped, "members": members})
+                print(f"live lr {lr:g} steps {steps} amortised {am}: {c:.3f} (p99 {np.percentile(times, 99):.1f} "
+                      f"ms, skipped {skipped}, members {members})", flush=True)
     out["live"] = live_rows
-    _ = blur_video
     return out
 
 
@@ -480,10 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", dest="figures", action="store_false")
-    p.add_argument("--sweep", action="store_true", help="validation trials only: sweep the step rule and live settings")
-    p.add_argument("--sweep-lr", type=float, nargs="+", default=[300.0, 1000.0])
-    p.add_argument("--sweep-smooth-px", type=float, nargs="+", default=[0.0, 1.0, 2.0])
-    p.add_argument("--sweep-smooth-frames", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--sweep", action="store_true",
+                   help="validation trials only: compare the step rules of SWEEP_OFFLINE and a live grid")
     p.add_argument("--sweep-live-lr", type=float, nargs="+", default=[100.0, 300.0])
     p.add_argument("--sweep-live-steps", type=int, nargs="+", default=[2, 3])
     args = p.parse_args(argv)

@@ -169,6 +169,13 @@ class ReconstructionSettings:
                                     "(0 = off)", 0.0, 10.0)
     target_ramp_frames: int = _opt(8, "the newest frames' responses weigh less in the loss, ramping to 1 over "
                                    "this many frames (the deconvolution still revises them); 0 = off", 0, 120)
+    amortised_start: bool = _opt(True, "each frame restarts from the model's amortised decoder (a direct linear "
+                                 "decoder of the responses) once its responses are in; gradient steps refine it "
+                                 "(ignored for a model without one)")
+    smooth_sigma_px: float = _opt(2.0, "gradient smoothing (preconditioner): Gaussian sigma in pixels applied to "
+                                  "every step's gradient (0 = off)", 0.0, 16.0)
+    smooth_sigma_frames: float = _opt(1.0, "gradient smoothing: Gaussian sigma in frames (0 = off)", 0.0, 16.0)
+    decay_iterations: int = _opt(0, "step-size decay d / (d + t) over a frame's iterations t (0 = off)", 0, 1_000_000)
 
     def __post_init__(self) -> None:
         if self.backend not in ("onnxruntime", "torch", "tensorrt"):

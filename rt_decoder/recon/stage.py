@@ -51,6 +51,10 @@ class StageSettings:
     blur_sigma_px: float = 1.0
     blur_sigma_frames: float = 1.0
     target_ramp_frames: int = 8
+    amortised_start: bool = True
+    smooth_sigma_px: float = 2.0
+    smooth_sigma_frames: float = 1.0
+    decay_iterations: int = 0
 
     def live_settings(self) -> LiveSettings:
         return LiveSettings(lag_frames=self.lag_frames, fixed_steps=self.fixed_steps, budget_ms=self.budget_ms,
@@ -58,8 +62,12 @@ class StageSettings:
                             warm_start=self.warm_start, warm_start_decay=self.warm_start_decay,
                             blur_sigma_px=self.blur_sigma_px,
                             blur_sigma_frames=self.blur_sigma_frames, target_ramp_frames=self.target_ramp_frames,
+                            amortised_start=self.amortised_start,
                             optim=OptimSettings(learning_rate_px=self.learning_rate_px, momentum=self.momentum,
-                                                warmup_iterations=self.warmup_iterations))
+                                                warmup_iterations=self.warmup_iterations,
+                                                smooth_sigma_px=self.smooth_sigma_px,
+                                                smooth_sigma_frames=self.smooth_sigma_frames,
+                                                decay_iterations=self.decay_iterations))
 
 
 class LiveStage:
@@ -86,7 +94,11 @@ class LiveStage:
         self.neuron_ids = np.asarray(self.opened.model.neuron_ids, np.int64)
         self._index = np.arange(self.neuron_ids.size)   # model neuron -> session ROI column (-1 = absent)
         self._present = np.ones(self.neuron_ids.size, bool)
-        self.live = LiveReconstructor(self.opened.encoders, self.opened.train_mask, settings.live_settings())
+        from rt_decoder.recon.runner import load_amortised
+
+        self.amortised = load_amortised(self.opened.model) if settings.amortised_start else None
+        self.live = LiveReconstructor(self.opened.encoders, self.opened.train_mask, settings.live_settings(),
+                                      amortised=self.amortised)
         self.roi_coverage = 1.0
         self._mismatch = ""
         self._identity = True
@@ -143,4 +155,5 @@ class LiveStage:
         return {"recon_frames_emitted": lv.frames_emitted, "recon_unoptimised_frames": lv.skipped,
                 "recon_steps_total": lv.steps_total, "recon_step_ms": lv.step_ns_estimate / 1e6,
                 "recon_members_active": lv.n_members_active, "recon_lag_frames": self.settings.lag_frames,
-                "recon_roi_coverage": self.roi_coverage, "recon_cached_context": lv.cached_context}
+                "recon_roi_coverage": self.roi_coverage, "recon_cached_context": lv.cached_context,
+                "recon_amortised_starts": lv.amortised_starts}
