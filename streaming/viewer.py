@@ -31,7 +31,7 @@ Display normalisation: ``rt_decoder.recon.report`` (``DisplayNormaliser``,
 the page states it. Send -> paint latency: the page estimates the offset between its clock
 and the viewer's monotonic clock with ping/pong (NTP-style, the exchange with the smallest
 round trip), stamps each frame when drawn in ``requestAnimationFrame`` and reports the
-latency back over the WebSocket; it is meaningful when the viewer runs on the service's
+latencies back over the WebSocket (a batch every 250 ms); it is meaningful when the viewer runs on the service's
 host (both use that host's monotonic clock). Addresses are loopback unless
 ``allow_non_loopback``. Imports zmq and aiohttp (never torch); the core never imports this.
 """
@@ -95,6 +95,25 @@ def parse_bind(bind: str, *, allow_non_loopback: bool) -> tuple[str, int]:
         raise ConfigError(f"--bind {bind!r}: {host} is not a loopback address; pass --allow-non-loopback to "
                           "serve the page on a network (anyone who can reach it sees the decoded video)")
     return host, int(port_s)
+
+
+def stimulus_subscription() -> bytes:
+    """ZeroMQ subscription prefix that selects ``stimulus`` messages of a source stream.
+
+    A source (the virtual rig) also publishes every fluorescence frame (8,000 ROIs: 32 kB,
+    30 times a second); the viewer needs only the true stimulus. A PUB socket filters by
+    prefix on the sender's side, so the frames never reach the viewer. The prefix is the
+    start of a stimulus header as ``streaming.protocol`` writes it (map size, "v": 1,
+    "kind": "stimulus"), taken from an encoded sample, so it follows the encoder.
+    """
+    import msgpack
+
+    header = bytes(P.encode_stimulus("s", seq=0, t_ns=0, frame_index=0, image=np.zeros((1, 1), np.float32))[0])
+    kind = msgpack.packb(P.KIND_STIMULUS)
+    end = header.find(kind)
+    if end < 0:  # pragma: no cover - the encoder changed: take everything
+        return b""
+    return header[:end + len(kind)]
 
 
 def connect_address(address: str) -> str:
@@ -416,30 +435,48 @@ class PaintStats:
         self.page_dropped = 0
         self.t0 = time.monotonic()
         self.rejected = 0
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=2000)
+        self._recent_lat: collections.deque[float] = collections.deque(maxlen=600)
+        self._recent_rtt: collections.deque[float] = collections.deque(maxlen=600)
 
     def reset(self) -> None:
-        self._lat.clear()
-        self._rtt.clear()
+        for d in (self._lat, self._rtt, self._recent_lat, self._recent_rtt, self._arrivals):
+            d.clear()
         self.painted = 0
         self.page_dropped = 0
         self.t0 = time.monotonic()
 
-    def add(self, latency_ms: float | None, rtt_ms: float | None, dropped: int) -> None:
+    def add_batch(self, latencies_ms: list[float | None], rtt_ms: float | None, dropped: int) -> None:
+        """One report of the page: the latencies of the frames it painted since the last one."""
+        now = time.monotonic()
+        self.page_dropped += max(0, dropped)
+        for lat in latencies_ms:
+            self.add(lat, rtt_ms, 0, now)
+
+    def add(self, latency_ms: float | None, rtt_ms: float | None, dropped: int, t: float | None = None) -> None:
         self.painted += 1
+        self._arrivals.append(time.monotonic() if t is None else t)
         self.page_dropped += max(0, dropped)
         if latency_ms is not None and -1000.0 < latency_ms < 3_600_000.0:
             self._lat.append(latency_ms)
+            self._recent_lat.append(latency_ms)
         if rtt_ms is not None:
             self._rtt.append(rtt_ms)
+            self._recent_rtt.append(rtt_ms)
 
-    def summary(self, last: int = 0) -> dict[str, Any]:
-        """Percentiles over every sample since the last reset, or over the ``last`` newest."""
+    def summary(self, recent: bool = False) -> dict[str, Any]:
+        """Percentiles over every sample since the last reset, or (``recent``) the 600 newest."""
         elapsed = max(time.monotonic() - self.t0, 1e-9)
-        lat_s, rtt_s = (list(self._lat)[-last:], list(self._rtt)[-last:]) if last else (self._lat, self._rtt)
+        lat_s, rtt_s = (self._recent_lat, self._recent_rtt) if recent else (self._lat, self._rtt)
         lat = percentiles(np.asarray(lat_s, np.float64))
         rtt = percentiles(np.asarray(rtt_s, np.float64))
+        if recent:  # frames painted per second over the last 2 s (reports come every 250 ms)
+            now = time.monotonic()
+            fps = sum(1 for t in self._arrivals if now - t <= 2.0) / 2.0
+        else:
+            fps = self.painted / elapsed
         return {"paint_latency_ms": _jsonable(lat), "clock_sync_rtt_ms": _jsonable(rtt),
-                "frames_painted": self.painted, "page_fps": self.painted / elapsed,
+                "frames_painted": self.painted, "page_fps": fps,
                 "page_skipped_frames": self.page_dropped, "elapsed_s": elapsed, "rejected_reports": self.rejected}
 
 
@@ -539,7 +576,8 @@ class ViewerServer:
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.RCVHWM, 10_000)
                 sock.setsockopt(zmq.MAXMSGSIZE, 4 * P.DEFAULT_MAX_MESSAGE_BYTES)
-                sock.setsockopt(zmq.SUBSCRIBE, b"")
+                # the source stream: stimulus messages only (filtered by the publisher)
+                sock.setsockopt(zmq.SUBSCRIBE, stimulus_subscription() if name == "source" else b"")
                 sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
                 sock.connect(addr)
                 socks.append(sock)
@@ -558,7 +596,7 @@ class ViewerServer:
                         self._handle(name, sub, env)
                 if time.monotonic() - t_stats >= 0.5:
                     t_stats = time.monotonic()
-                    self._push_text(json.dumps(self.stats(recent=600)))
+                    self._push_text(json.dumps(self.stats(recent=True)))
         finally:
             for sock in socks:
                 sock.close(linger=0)
@@ -598,9 +636,9 @@ class ViewerServer:
             page.offer_text(text)
 
     # ------------------------------------------------------------------ numbers
-    def stats(self, recent: int = 0) -> dict[str, Any]:
-        """The viewer's own figures (pushed to the pages every 0.5 s over the ``recent``
-        newest paint reports; GET /stats.json: all since the last reset)."""
+    def stats(self, recent: bool = False) -> dict[str, Any]:
+        """The viewer's own figures (pushed to the pages every 0.5 s over the newest paint
+        reports, ``recent``; GET /stats.json: all since the last reset)."""
         st = self.state
         ok, why = st.real_time()
         now = time.monotonic()
@@ -681,7 +719,7 @@ class ViewerServer:
         return app
 
     def _on_page_message(self, page: _Page, text: str) -> None:
-        """``ping`` -> ``pong`` with the monotonic clock; ``paint`` -> latency sample. Anything else counted."""
+        """``ping`` -> ``pong`` with the monotonic clock; ``paints`` -> latency samples. Anything else counted."""
         try:
             msg = json.loads(text)
             kind = msg["type"]
@@ -690,15 +728,17 @@ class ViewerServer:
                 if not math.isfinite(t_page):
                     raise ValueError("t_page")
                 page.offer_text(json.dumps({"type": "pong", "t_page": t_page, "t_server_ms": time.monotonic_ns() / 1e6}))
-            elif kind == "paint":
-                lat = msg.get("latency_ms")
+            elif kind == "paints":
+                lats = msg["latency_ms"]
                 rtt = msg.get("rtt_ms")
                 dropped = int(msg.get("dropped", 0))
-                lat_f = float(lat) if lat is not None else None
+                if not isinstance(lats, list) or not 1 <= len(lats) <= 1000:
+                    raise ValueError("latency_ms must be a list of 1..1000 numbers or nulls")
+                lat_f = [None if v is None else float(v) for v in lats]
                 rtt_f = float(rtt) if rtt is not None else None
-                if (lat_f is not None and not math.isfinite(lat_f)) or (rtt_f is not None and not math.isfinite(rtt_f)):
+                if any(v is not None and not math.isfinite(v) for v in [*lat_f, rtt_f]):
                     raise ValueError("non-finite")
-                self.paint.add(lat_f, rtt_f, dropped)
+                self.paint.add_batch(lat_f, rtt_f, dropped)
             else:
                 raise ValueError(f"unknown type {kind!r}")
         except (ValueError, KeyError, TypeError):

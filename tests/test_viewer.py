@@ -132,6 +132,18 @@ def test_frame_messages_are_compact_binary() -> None:
     assert h == header and d.tolist() == [[0, 1, 2], [3, 4, 5]] and t is not None and t[1, 2] == 15
 
 
+def test_the_source_subscription_selects_stimulus_messages_only() -> None:
+    from rt_decoder.messages import FluorescenceFrame
+    from streaming.viewer import stimulus_subscription
+
+    prefix = stimulus_subscription()
+    stim = bytes(P.encode_stimulus("rig-1", seq=7, t_ns=5, frame_index=3, image=np.ones((36, 64), np.float32))[0])
+    frame = bytes(P.encode_frame(FluorescenceFrame(8, 3, 5, values=np.ones(10, np.float32)), "rig-1")[0])
+    start = bytes(P.encode_session_start(SessionInfo("rig-1", np.arange(3), 30.0), seq=0, t_ns=0)[0])
+    assert len(prefix) > 10 and stim.startswith(prefix)
+    assert not frame.startswith(prefix) and not start.startswith(prefix)
+
+
 def test_addresses_are_loopback_unless_allowed() -> None:
     assert parse_bind("127.0.0.1:0", allow_non_loopback=False) == ("127.0.0.1", 0)
     assert parse_bind("http://localhost:8050", allow_non_loopback=False) == ("localhost", 8050)
@@ -155,15 +167,18 @@ def test_page_reports_are_validated_and_counted() -> None:
             self.texts.append(t)
 
     page: Any = FakePage()
-    for junk in ("not json", "[]", '{"type": "paint", "latency_ms": "x"}', '{"type": "evil"}',
-                 '{"type": "ping", "t_page": NaN}'):
+    for junk in ("not json", "[]", '{"type": "paints", "latency_ms": "x"}', '{"type": "evil"}',
+                 '{"type": "ping", "t_page": NaN}', '{"type": "paints", "latency_ms": [1, "a"]}',
+                 '{"type": "paints", "latency_ms": []}', '{"type": "paints", "latency_ms": [Infinity]}'):
         server._on_page_message(page, junk)
-    assert server.paint.rejected == 5 and server.paint.painted == 0 and not page.texts
+    assert server.paint.rejected == 8 and server.paint.painted == 0 and not page.texts
     server._on_page_message(page, '{"type": "ping", "t_page": 12.5}')
     pong = json.loads(page.texts[-1])
     assert pong["type"] == "pong" and pong["t_page"] == 12.5 and pong["t_server_ms"] > 0
-    server._on_page_message(page, '{"type": "paint", "frame": 1, "latency_ms": 7.5, "rtt_ms": 0.2, "dropped": 0}')
-    assert server.paint.summary()["paint_latency_ms"]["p50"] == 7.5
+    server._on_page_message(page, '{"type": "paints", "latency_ms": [7.5, null, 9.5], "rtt_ms": 0.2, "dropped": 2}')
+    summary = server.paint.summary()
+    assert summary["paint_latency_ms"]["p50"] == 8.5 and summary["paint_latency_ms"]["count"] == 2
+    assert summary["frames_painted"] == 3 and summary["page_skipped_frames"] == 2
 
 
 def test_not_real_time_when_the_service_skips_or_runs_late() -> None:

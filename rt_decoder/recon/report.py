@@ -64,9 +64,9 @@ class DisplaySettings:
 
     def describe(self) -> str:
         """One sentence for a page or a figure caption."""
-        return (f"true: pixel values 0..255 (black..white), as shown; decoded: stretched from the "
-                f"{self.lo_percentile:g}th to the {self.hi_percentile:g}th percentile of the last "
-                f"{self.window_frames} decoded frames (black..white, clipped; span at least {self.min_span_px:g} px)")
+        return (f"true: pixel values 0..255 (black..white), as shown; decoded: stretched from percentile "
+                f"{self.lo_percentile:g} (black) to percentile {self.hi_percentile:g} (white) of the pixels of the "
+                f"last {self.window_frames} decoded frames, clipped, span at least {self.min_span_px:g} px")
 
 
 def _edges() -> np.ndarray:

@@ -49,7 +49,8 @@
     rtv.painted++;
     rtv.lastHeader = h;
     if (latency !== null) { rtv.paintLatencies.push(latency); if (rtv.paintLatencies.length > 20000) rtv.paintLatencies.shift(); }
-    send({ type: "paint", frame: h.frame, latency_ms: latency, rtt_ms: rtv.rttMs, dropped: f.droppedBefore });
+    reports.push(latency === null ? null : Math.round(latency * 1000) / 1000);
+    reportDropped += f.droppedBefore;
     $("frame-index").textContent = h.frame;
     $("frame-time").textContent = fmt(h.t_s, 2);
     $("corr").textContent = fmt(h.corr, 3);
@@ -80,7 +81,8 @@
       ctx.textAlign = "right"; ctx.fillText(v + unit, 33, y + 3);
     }
     ctx.textAlign = "center";
-    for (let s = Math.ceil(x0 / 5) * 5; s <= x1; s += 5) ctx.fillText(s + " s", 36 + (s - x0) / (x1 - x0) * (W - 40), H - 2);
+    const tick = (x1 - x0) > 12 ? 5 : 1;
+    for (let s = Math.ceil(x0 / tick) * tick; s <= x1; s += tick) ctx.fillText(s + " s", 36 + (s - x0) / (x1 - x0) * (W - 40), H - 2);
   }
   function line(ctx, W, H, xs, ys, x0, x1, y0, y1, color, dots) {
     ctx.strokeStyle = color; ctx.fillStyle = color; ctx.lineWidth = 1.5; ctx.beginPath();
@@ -101,7 +103,8 @@
   }
   function drawPlots() {
     if (!series.t.length) return;
-    const x1 = Math.max(series.t[series.t.length - 1], WINDOW_S * 0.1), x0 = x1 - WINDOW_S;
+    const x0 = Math.max(series.t[0], series.t[series.t.length - 1] - WINDOW_S);
+    const x1 = Math.max(series.t[series.t.length - 1], x0 + 5);
     let c = $("plot-corr"), ctx = c.getContext("2d");
     axes(ctx, c.width, c.height, x0, x1, -0.5, 1.0, [-0.5, 0, 0.5, 1], "");
     line(ctx, c.width, c.height, series.t, series.corr, x0, x1, -0.5, 1.0, "#999", true);
@@ -154,6 +157,8 @@
     const rows = [];
     for (const k in lat) rows.push("<tr><td>" + k + "</td><td>" + fmt(lat[k].p50, 2) + "</td><td>" + fmt(lat[k].p99, 2) + "</td><td>" + (lat[k].count || 0) + "</td></tr>");
     tb.innerHTML = rows.join("");
+    setText("lat-note", r.recon_lag_frames === undefined ? "" : "transport and e2e of a decoded frame include the " +
+      r.recon_lag_frames + "-frame decoding lag");
   }
   function onViewer(v) {
     rtv.lastViewer = v;
@@ -165,6 +170,7 @@
     const o = (v.subscribers || {}).output || {};
     setText("v-gaps", o.missing); setText("v-malformed", (o.malformed || 0) + (v.rejected || 0));
     setText("v-cpu", fmt(v.cpu_percent_one_core, 1));
+    if (v.activity_frames > 0 && v.frames_in === 0) drawText($("cv-decoded"), "the service publishes activity frames: nothing decoded");
     $("nrt").hidden = !!v.real_time; setText("nrt-why", v.not_real_time_why);
     const silent = $("silent");
     if (v.service_silent_s !== null && v.service_silent_s > 3) { silent.hidden = false; silent.textContent = "service silent for " + v.service_silent_s.toFixed(0) + " s"; }
@@ -206,6 +212,13 @@
       setTimeout(connect, backoff); backoff = Math.min(5000, backoff * 2);
     };
   }
+  // paint reports go back in batches (4 messages/s instead of one per frame)
+  let reports = [], reportDropped = 0;
+  setInterval(() => {
+    if (!reports.length) return;
+    send({ type: "paints", latency_ms: reports, rtt_ms: rtv.rttMs, dropped: reportDropped });
+    reports = []; reportDropped = 0;
+  }, 250);
   setInterval(ping, 2000);
   connect();
 })();
