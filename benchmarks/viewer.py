@@ -197,7 +197,9 @@ def run_case(case: str, seconds: float, warmup_s: float, neurons: int, rate_hz: 
             "paint_latency_ms_page_side": {"p50": float(np.median(page_lat)), "p99": float(np.percentile(page_lat, 99)),
                                            "count": int(page_lat.size)} if page_lat.size else None,
             "clock_sync_rtt_ms": stats["clock_sync_rtt_ms"],
-            "page_fps": painted / (t1 - t0), "frames_in_viewer_per_s": None,
+            "breakdown_ms": {"service_send_to_viewer_receive": stats["hop_latency_ms"],
+                             "service_send_to_page_arrival": stats["arrive_latency_ms"]},
+            "page_fps": painted / (t1 - t0),
             "page_skipped_frames": stats["page_skipped_frames"], "viewer_frames_sent": stats["frames_sent"],
             "viewer_cpu_percent_one_core": 100.0 * (c1 - c0) / (t1 - t0),
             "decoded_fps_at_viewer": stats["decoded_fps"],
@@ -244,9 +246,12 @@ def main(argv: list[str] | None = None) -> int:
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     Path(args.out).write_text(json.dumps(res, indent=1))
     for r in results:
-        lat = r["paint_latency_ms"]
+        lat, b = r["paint_latency_ms"], r["breakdown_ms"]
         print(f"{r['case']}: send -> painted p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({lat['count']} frames); "
-              f"page {r['page_fps']:.1f} frames/s; viewer CPU {r['viewer_cpu_percent_one_core']:.1f}% of one core")
+              f"page {r['page_fps']:.1f} frames/s; viewer CPU {r['viewer_cpu_percent_one_core']:.1f}% of one core; "
+              f"send -> viewer p50/p99 {b['service_send_to_viewer_receive']['p50']:.1f}/"
+              f"{b['service_send_to_viewer_receive']['p99']:.1f} ms, send -> in the page "
+              f"{b['service_send_to_page_arrival']['p50']:.1f}/{b['service_send_to_page_arrival']['p99']:.1f} ms")
     return 0
 
 

@@ -252,6 +252,8 @@ class ViewerState:
         self._recent_service_ms: collections.deque[tuple[float, float]] = collections.deque(maxlen=300)
         self._counter_history: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=64)
         self._frame_times: collections.deque[float] = collections.deque(maxlen=120)
+        #: service send -> viewer receive (ms) of the newest frames (same host: one clock)
+        self.hop_ms: collections.deque[float] = collections.deque(maxlen=100_000)
 
     # ------------------------------------------------------------------ feeding
     def new_output_session(self, info: SessionInfo | None, session_id: str) -> None:
@@ -279,8 +281,12 @@ class ViewerState:
             self.stimulus.popitem(last=False)
 
     def on_output(self, env: P.Envelope, *, new_session: bool = False,
-                  info: SessionInfo | None = None) -> bytes | None:
-        """A validated output message; returns the binary frame message for the pages, or None."""
+                  info: SessionInfo | None = None, recv_ns: int | None = None) -> bytes | None:
+        """A validated output message; returns the binary frame message for the pages, or None.
+
+        ``recv_ns``: when the viewer took it off the socket (monotonic ns), for the
+        service send -> viewer receive hop (``hop_ms``).
+        """
         if new_session or self.output_session is None:
             self.new_output_session(info, env.session_id)
         elif env.kind == P.KIND_SESSION_START and isinstance(env.body, SessionInfo):
@@ -315,12 +321,15 @@ class ViewerState:
         stamps = dict(body.stamps)
         lat = stage_latencies_ms(body.stamps, body.acq_ns)
         lat_d = {name: _finite_or_none(v) for name, v in zip(LATENCY_COLUMNS, lat.tolist())}
+        if recv_ns is not None and "tx" in stamps and -1e12 < recv_ns - stamps["tx"] < 3.6e12:
+            self.hop_ms.append((recv_ns - stamps["tx"]) / 1e6)
         if lat_d.get("service") is not None:
             self._recent_service_ms.append((now, float(lat_d["service"])))  # type: ignore[arg-type]
         header = {
             "frame": fi, "t_s": fi / self.rate_hz if self.rate_hz > 0 else 0.0, "h": int(image.shape[0]),
             "w": int(image.shape[1]), "has_true": bool(has_true), "lo": round(lo, 3), "hi": round(hi, 3),
             "tx_ms": stamps["tx"] / 1e6 if "tx" in stamps else None, "seq": int(env.seq),
+            "viewer_rx_ms": recv_ns / 1e6 if recv_ns is not None else None,
             "corr": _finite_or_none(corr), "rolling_corr": _finite_or_none(self.rolling.value),
             "rolling_frames": self.rolling.frames, "lat": lat_d,
         }
@@ -436,22 +445,28 @@ class PaintStats:
         self.t0 = time.monotonic()
         self.rejected = 0
         self._arrivals: collections.deque[float] = collections.deque(maxlen=2000)
+        self._arrive: collections.deque[float] = collections.deque(maxlen=keep)
         self._recent_lat: collections.deque[float] = collections.deque(maxlen=600)
         self._recent_rtt: collections.deque[float] = collections.deque(maxlen=600)
 
     def reset(self) -> None:
-        for d in (self._lat, self._rtt, self._recent_lat, self._recent_rtt, self._arrivals):
+        for d in (self._lat, self._rtt, self._recent_lat, self._recent_rtt, self._arrivals, self._arrive):
             d.clear()
         self.painted = 0
         self.page_dropped = 0
         self.t0 = time.monotonic()
 
-    def add_batch(self, latencies_ms: list[float | None], rtt_ms: float | None, dropped: int) -> None:
-        """One report of the page: the latencies of the frames it painted since the last one."""
+    def add_batch(self, latencies_ms: list[float | None], rtt_ms: float | None, dropped: int,
+                  arrive_ms: list[float | None] | None = None) -> None:
+        """One report of the page: the latencies of the frames it painted since the last one
+        (send -> painted) and, optionally, of their arrival in the page (send -> arrived)."""
         now = time.monotonic()
         self.page_dropped += max(0, dropped)
         for lat in latencies_ms:
             self.add(lat, rtt_ms, 0, now)
+        for a in arrive_ms or []:
+            if a is not None and -1000.0 < a < 3_600_000.0:
+                self._arrive.append(a)
 
     def add(self, latency_ms: float | None, rtt_ms: float | None, dropped: int, t: float | None = None) -> None:
         self.painted += 1
@@ -475,7 +490,9 @@ class PaintStats:
             fps = sum(1 for t in self._arrivals if now - t <= 2.0) / 2.0
         else:
             fps = self.painted / elapsed
+        arrive = percentiles(np.asarray(self._arrive, np.float64)) if not recent else None
         return {"paint_latency_ms": _jsonable(lat), "clock_sync_rtt_ms": _jsonable(rtt),
+                "arrive_latency_ms": _jsonable(arrive),
                 "frames_painted": self.painted, "page_fps": fps,
                 "page_skipped_frames": self.page_dropped, "elapsed_s": elapsed, "rejected_reports": self.rejected}
 
@@ -606,7 +623,8 @@ class ViewerServer:
         st = self.state
         with self._lock:
             if name == "output":
-                msg = st.on_output(env, new_session=bool(sub.last_new_session), info=sub.session_info)
+                msg = st.on_output(env, new_session=bool(sub.last_new_session), info=sub.session_info,
+                                   recv_ns=sub.last_recv_ns)
                 if msg is not None:
                     self._push_frame(msg)
             elif name == "status":
@@ -654,6 +672,7 @@ class ViewerServer:
             "decoded_fps": st.decoded_fps(), "real_time": ok, "not_real_time_why": why,
             "service_silent_s": silent, "page_skipped_in_server": sum(p.skipped for p in self.pages),
             "subscribers": subs, "eval_mask": self.eval_mask_note, **self.paint.summary(recent),
+            "hop_latency_ms": None if recent else percentiles(np.asarray(st.hop_ms, np.float64)),
         })
 
     def hello(self) -> dict[str, Any]:
@@ -681,6 +700,7 @@ class ViewerServer:
 
         async def reset(request: web.Request) -> web.StreamResponse:
             self.paint.reset()
+            self.state.hop_ms.clear()
             self.cpu.sample()
             return web.json_response({"reset": True})
 
@@ -734,11 +754,15 @@ class ViewerServer:
                 dropped = int(msg.get("dropped", 0))
                 if not isinstance(lats, list) or not 1 <= len(lats) <= 1000:
                     raise ValueError("latency_ms must be a list of 1..1000 numbers or nulls")
+                arr = msg.get("arrive_ms", [])
+                if not isinstance(arr, list) or len(arr) > 1000:
+                    raise ValueError("arrive_ms must be a list of at most 1000 numbers or nulls")
                 lat_f = [None if v is None else float(v) for v in lats]
+                arr_f = [None if v is None else float(v) for v in arr]
                 rtt_f = float(rtt) if rtt is not None else None
-                if any(v is not None and not math.isfinite(v) for v in [*lat_f, rtt_f]):
+                if any(v is not None and not math.isfinite(v) for v in [*lat_f, *arr_f, rtt_f]):
                     raise ValueError("non-finite")
-                self.paint.add_batch(lat_f, rtt_f, dropped)
+                self.paint.add_batch(lat_f, rtt_f, dropped, arr_f)
             else:
                 raise ValueError(f"unknown type {kind!r}")
         except (ValueError, KeyError, TypeError):

@@ -50,6 +50,7 @@
     rtv.lastHeader = h;
     if (latency !== null) { rtv.paintLatencies.push(latency); if (rtv.paintLatencies.length > 20000) rtv.paintLatencies.shift(); }
     reports.push(latency === null ? null : Math.round(latency * 1000) / 1000);
+    arrivals.push(f.arrive === null ? null : Math.round(f.arrive * 1000) / 1000);
     reportDropped += f.droppedBefore;
     $("frame-index").textContent = h.frame;
     $("frame-time").textContent = fmt(h.t_s, 2);
@@ -132,12 +133,14 @@
     const n = dv.getUint32(4, true);
     const header = JSON.parse(decoder.decode(new Uint8Array(buf, 8, n)));
     const px = header.h * header.w;
+    const tArrive = performance.now();
     const dec = new Uint8Array(buf, 8 + n, px);
     const tru = header.has_true ? new Uint8Array(buf, 8 + n + px, px) : null;
     rtv.received++;
     let droppedBefore = 0;
     if (pending) { rtv.dropped++; droppedBefore = 1 + pending.droppedBefore; }
-    pending = { header, dec, tru, droppedBefore };
+    const arrive = (rtv.offsetMs !== null && header.tx_ms !== null) ? tArrive + rtv.offsetMs - header.tx_ms : null;
+    pending = { header, dec, tru, droppedBefore, arrive };
     if (!rafScheduled) { rafScheduled = true; requestAnimationFrame(paint); }
   }
   function setText(id, v) { const e = $(id); if (e) e.textContent = (v === null || v === undefined) ? "-" : v; }
@@ -213,11 +216,11 @@
     };
   }
   // paint reports go back in batches (4 messages/s instead of one per frame)
-  let reports = [], reportDropped = 0;
+  let reports = [], arrivals = [], reportDropped = 0;
   setInterval(() => {
     if (!reports.length) return;
-    send({ type: "paints", latency_ms: reports, rtt_ms: rtv.rttMs, dropped: reportDropped });
-    reports = []; reportDropped = 0;
+    send({ type: "paints", latency_ms: reports, arrive_ms: arrivals, rtt_ms: rtv.rttMs, dropped: reportDropped });
+    reports = []; arrivals = []; reportDropped = 0;
   }, 250);
   setInterval(ping, 2000);
   connect();
