@@ -30,6 +30,7 @@ bench: venv
 	$(PY) -m benchmarks.bindings --out bench-bindings.json
 	$(PY) -m benchmarks.calibration --out bench-calibration.json
 	$(PY) -m benchmarks.quality --out bench-quality.json
+	$(PY) -m benchmarks.viewer --out bench-viewer.json
 
 # The shipped demo encoder ensemble (rt_decoder/models/demo, ~1.5 MB of weights): simulate the
 # default virtual rig (8,000 neurons, 30 trials, deconvolved responses) and train 3 members.

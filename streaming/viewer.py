@@ -435,9 +435,13 @@ def unpack_frame(msg: bytes) -> tuple[dict[str, Any], np.ndarray, np.ndarray | N
 
 
 class PaintStats:
-    """Send -> paint latencies and frames painted, as the pages report them (bounded)."""
+    """Send -> paint latencies and frames painted, as the pages report them (bounded).
+
+    Thread-safe: the page server's loop adds, the ZeroMQ thread reads.
+    """
 
     def __init__(self, keep: int = 100_000) -> None:
+        self._lock = threading.Lock()
         self._lat: collections.deque[float] = collections.deque(maxlen=keep)
         self._rtt: collections.deque[float] = collections.deque(maxlen=keep)
         self.painted = 0
@@ -450,6 +454,10 @@ class PaintStats:
         self._recent_rtt: collections.deque[float] = collections.deque(maxlen=600)
 
     def reset(self) -> None:
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         for d in (self._lat, self._rtt, self._recent_lat, self._recent_rtt, self._arrivals, self._arrive):
             d.clear()
         self.painted = 0
@@ -461,14 +469,20 @@ class PaintStats:
         """One report of the page: the latencies of the frames it painted since the last one
         (send -> painted) and, optionally, of their arrival in the page (send -> arrived)."""
         now = time.monotonic()
-        self.page_dropped += max(0, dropped)
-        for lat in latencies_ms:
-            self.add(lat, rtt_ms, 0, now)
-        for a in arrive_ms or []:
-            if a is not None and -1000.0 < a < 3_600_000.0:
-                self._arrive.append(a)
+        with self._lock:
+            self.page_dropped += max(0, dropped)
+            for lat in latencies_ms:
+                self._add(lat, rtt_ms, 0, now)
+            for a in arrive_ms or []:
+                if a is not None and -1000.0 < a < 3_600_000.0:
+                    self._arrive.append(a)
 
     def add(self, latency_ms: float | None, rtt_ms: float | None, dropped: int, t: float | None = None) -> None:
+        """One painted frame."""
+        with self._lock:
+            self._add(latency_ms, rtt_ms, dropped, t)
+
+    def _add(self, latency_ms: float | None, rtt_ms: float | None, dropped: int, t: float | None = None) -> None:
         self.painted += 1
         self._arrivals.append(time.monotonic() if t is None else t)
         self.page_dropped += max(0, dropped)
@@ -481,6 +495,10 @@ class PaintStats:
 
     def summary(self, recent: bool = False) -> dict[str, Any]:
         """Percentiles over every sample since the last reset, or (``recent``) the 600 newest."""
+        with self._lock:
+            return self._summary(recent)
+
+    def _summary(self, recent: bool) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         lat_s, rtt_s = (self._recent_lat, self._recent_rtt) if recent else (self._lat, self._rtt)
         lat = percentiles(np.asarray(lat_s, np.float64))
@@ -657,10 +675,17 @@ class ViewerServer:
     def stats(self, recent: bool = False) -> dict[str, Any]:
         """The viewer's own figures (pushed to the pages every 0.5 s over the newest paint
         reports, ``recent``; GET /stats.json: all since the last reset)."""
+        with self._lock:  # the ZeroMQ thread changes the state under this lock
+            return self._stats(recent)
+
+    def _stats(self, recent: bool) -> dict[str, Any]:
         st = self.state
         ok, why = st.real_time()
         now = time.monotonic()
         subs = {name: sub.counters.as_dict() for name, sub in list(self._subs.items())}
+        if "source" in subs:
+            subs["source"]["note"] = ("stimulus messages only (the subscription filters the rest): its seq gaps "
+                                      "are the frames left out, not losses")
         silent = None
         last = max([t for t in (st.last_status_at, st.last_output_at) if t is not None], default=None)
         if last is not None:
