@@ -127,7 +127,7 @@ def _wait_line(proc: subprocess.Popen[str], needle: str, timeout_s: float) -> st
             continue
         if needle in line:
             return line
-    raise RuntimeError(f"no line with {needle!r} from {proc.args}")
+    raise RuntimeError(f"no line with {needle!r} from {proc.args!r}")
 
 
 def _get(url: str, method: str = "GET") -> dict[str, Any]:
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.publish:
         try:
-            publish_synthetic(*args.publish, rate_hz=args.rate_hz, seconds=args.seconds)
+            out_addr, status_addr, stim_addr = args.publish
+            publish_synthetic(out_addr, status_addr, stim_addr, rate_hz=args.rate_hz, seconds=args.seconds)
         except KeyboardInterrupt:
             pass
         return 0

@@ -607,7 +607,7 @@ class ViewerServer:
             for name, addr in (("output", s.decoded), ("status", s.status), ("source", s.stimulus)):
                 if not addr:
                     continue
-                sock = ctx.socket(zmq.SUB)
+                sock: Any = ctx.socket(zmq.SUB)
                 sock.setsockopt(zmq.LINGER, 0)
                 sock.setsockopt(zmq.RCVHWM, 10_000)
                 sock.setsockopt(zmq.MAXMSGSIZE, 4 * P.DEFAULT_MAX_MESSAGE_BYTES)
