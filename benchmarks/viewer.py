@@ -239,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     seconds = 15.0 if args.quick else args.seconds
     cases = ["synthetic", "serve"] if args.case == "both" else [args.case]
-    results = [run_case(c, seconds, args.warmup_s, args.neurons, args.fs) for c in cases]
+    results = []
+    for c in cases:
+        load_before = os.getloadavg()
+        r = run_case(c, seconds, args.warmup_s, args.neurons, args.fs)
+        r["load_average_1min_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+        results.append(r)
     res = {"benchmark": "viewer", "results": results,
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                        "chromium": subprocess.run([find_chromium() or "chromium", "--version"], capture_output=True,

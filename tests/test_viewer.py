@@ -214,6 +214,28 @@ def test_gif_frames_are_labelled_and_a_missing_stimulus_is_said() -> None:
     assert top.max() > 200 and top.min() == 0  # light text on black: the labels are drawn
 
 
+def test_sink_pictures_without_a_stimulus_show_the_decoded_video_alone(tmp_path: Path) -> None:
+    """A replay without stimulus: the GIF has no blank true half, summary.png says "no stimulus"."""
+    import argparse
+
+    import imageio.v3 as iio
+
+    from rt_decoder.commands.sink import _write_outputs
+    from streaming.sink import SinkResult
+
+    rng = np.random.default_rng(5)
+    dec = (127 + 2 * rng.standard_normal((12, 36, 64))).astype(np.float32)
+    metrics = {"output_kind": "decoded", "frames": {"output": 12}, "source": {"clock": "unknown", "rate_hz": None},
+               "latency_ms": {"end_to_end": {}}, "correlation": {}}
+    result = SinkResult(metrics=metrics, latencies_ms={"rx->tx": rng.gamma(2, 1, 12)},
+                        frame_index=np.arange(100, 112), true=np.full_like(dec, np.nan), decoded=dec)
+    args = argparse.Namespace(no_figures=False, max_gif_frames=900, gif_scale=2)
+    written = _write_outputs(tmp_path, result, args, print)
+    assert {p.name for p in written} >= {"side_by_side.gif", "summary.png", "latency_hist.png"}
+    gif = iio.imread(tmp_path / "side_by_side.gif")
+    assert gif.shape[0] == 12 and gif.shape[2] == 64 * 2
+
+
 def test_latency_table_columns_never_run_together() -> None:
     from streaming.sink import format_summary
 
