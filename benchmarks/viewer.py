@@ -175,7 +175,8 @@ def run_case(case: str, seconds: float, warmup_s: float, neurons: int, rate_hz: 
                                  "--wait-subscribers", "2", "--wait-timeout-s", "60", "--quiet"],
                                 stdout=subprocess.DEVNULL))
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=exe, headless=True, args=["--no-sandbox"])
+            browser = pw.chromium.launch(executable_path=exe, headless=True,
+                                         args=["--no-sandbox", "--disable-dev-shm-usage"])
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             page.goto(url)
             page.wait_for_function("window.rtv && window.rtv.painted > 30", timeout=240_000)

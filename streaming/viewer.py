@@ -772,7 +772,8 @@ class ViewerServer:
                 t_page = float(msg["t_page"])
                 if not math.isfinite(t_page):
                     raise ValueError("t_page")
-                page.offer_text(json.dumps({"type": "pong", "t_page": t_page, "t_server_ms": time.monotonic_ns() / 1e6}))
+                page.offer_text(json.dumps({"type": "pong", "t_page": t_page,
+                                            "t_server_ms": time.monotonic_ns() / 1e6}))
             elif kind == "paints":
                 lats = msg["latency_ms"]
                 rtt = msg.get("rtt_ms")
@@ -883,7 +884,8 @@ def start_viewer_process(config: Any, bind: str, *, timeout_s: float = 30.0) -> 
         argv.append("--allow-non-loopback")
     rec = getattr(config, "reconstruction", None)
     if rec is not None and rec.enabled:
-        model = Path(rec.model_dir) if rec.model_dir else Path(__file__).resolve().parents[1] / "rt_decoder" / "models" / "demo"
+        default_model = Path(__file__).resolve().parents[1] / "rt_decoder" / "models" / "demo"
+        model = Path(rec.model_dir) if rec.model_dir else default_model
         if (model / "alpha.npz").is_file():
             argv += ["--eval-mask", str(model / "alpha.npz")]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)

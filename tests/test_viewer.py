@@ -250,7 +250,8 @@ def test_latency_histogram_has_a_frame_period_line(tmp_path: Path) -> None:
     from rt_decoder.commands.sink import write_latency_figure
 
     rng = np.random.default_rng(4)
-    png = write_latency_figure(tmp_path / "h.png", {"rx->tx": rng.gamma(2, 5, 300), "acq->sink": rng.gamma(2, 200, 300)},
+    png = write_latency_figure(tmp_path / "h.png",
+                               {"rx->tx": rng.gamma(2, 5, 300), "acq->sink": rng.gamma(2, 200, 300)},
                                {"acq->sink"}, "t", frame_period_ms=33.3)
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -349,9 +350,9 @@ class _StatusRecorder(threading.Thread):
             if self.sock.poll(100):
                 env = P.decode(self.sock.recv_multipart())
                 if env.kind == P.KIND_STATUS:
-                    m = dict(env.body.metrics)  # type: ignore[union-attr]
-                    self.seen[(env.session_id, env.seq)] = (env.body.state, dict(m["counters"]),  # type: ignore[union-attr]
-                                                            m.get("malformed_total"))
+                    body: Any = env.body
+                    m = dict(body.metrics)
+                    self.seen[(env.session_id, env.seq)] = (body.state, dict(m["counters"]), m.get("malformed_total"))
         self.sock.close(linger=0)
         self.ctx.term()
 
@@ -402,7 +403,8 @@ def test_page_shows_live_decoding_and_survives_a_service_restart(chromium: str, 
     with urllib.request.urlopen(url, timeout=10) as resp:
         assert b"rt-decoder" in resp.read()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=["--no-sandbox"])
+        browser = pw.chromium.launch(executable_path=chromium, headless=True,
+                                     args=["--no-sandbox", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1320, "height": 860})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -456,10 +458,19 @@ def test_page_shows_live_decoding_and_survives_a_service_restart(chromium: str, 
         assert page.evaluate("window.rtv.connects") == 1  # the page never reloaded nor reconnected
         c = _decoded_pixels(page)
         assert c.std() > 10
+        # the viewer itself restarts (same address): the page reconnects by itself
+        view = next(p for p in procs.procs if "view" in p.args)
+        view.send_signal(signal.SIGTERM)
+        view.wait(15)
+        page.wait_for_function("document.getElementById('conn').dataset.conn == 'closed'", timeout=10_000)
+        painted = page.evaluate("window.rtv.painted")
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        procs.start("view2", *[a if a != "127.0.0.1:0" else f"127.0.0.1:{port}" for a in view.args[3:]])
+        page.wait_for_function(f"window.rtv.connects == 2 && window.rtv.painted > {painted} + 10", timeout=30_000)
         assert not errors, errors
         browser.close()
     # serve --view's viewer stops with its service
-    serve2 = procs.procs[-1]
+    serve2 = next(p for p in procs.procs if "--view" in p.args)
     serve2.send_signal(signal.SIGINT)
     serve2.wait(30)
     deadline = time.monotonic() + 15
