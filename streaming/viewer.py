@@ -8,13 +8,13 @@ decoded side by side, frame index and time, the per-frame and rolling video corr
 per-stage latency, frame rate, skips, gaps, malformed counts, ROI coverage, the lifecycle
 state and a "not real time" warning.
 
-Pieces::
+Pieces, all on one asyncio loop (one thread: no hand-over between threads per frame)::
 
-    zmq thread: StreamSubscriber x 3 -> ViewerState (no sockets: numpy and the standard
-      library) -> packed binary frame / JSON status -> asyncio loop (call_soon_threadsafe)
-    asyncio loop (aiohttp): GET / and /static/<asset>, GET /ws (WebSocket),
-      GET /stats.json, POST /stats/reset; one sender task per page that always sends the
-      newest frame only (a slow page skips frames, counted; nothing queues without bound)
+    ZeroMQ SUB sockets (their FDs as loop readers) -> StreamSubscriber x 3 -> ViewerState
+      (no sockets: numpy and the standard library) -> packed binary frame / JSON status
+    aiohttp: GET / and /static/<asset>, GET /ws (WebSocket), GET /stats.json,
+      POST /stats/reset; one sender task per page that always sends the newest frame only
+      (a slow page skips frames, counted; nothing queues without bound)
 
 Frame messages are binary (little-endian)::
 
@@ -437,7 +437,7 @@ def unpack_frame(msg: bytes) -> tuple[dict[str, Any], np.ndarray, np.ndarray | N
 class PaintStats:
     """Send -> paint latencies and frames painted, as the pages report them (bounded).
 
-    Thread-safe: the page server's loop adds, the ZeroMQ thread reads.
+    Thread-safe (the server uses it from its event loop only; tests may not).
     """
 
     def __init__(self, keep: int = 100_000) -> None:
@@ -567,7 +567,7 @@ class _Page:
 
 
 class ViewerServer:
-    """The page server + the ZeroMQ subscriber thread. ``run()`` blocks until stopped.
+    """The page server and its ZeroMQ subscribers, on one asyncio loop. ``run()`` blocks until stopped.
 
     Parameters
     ----------
@@ -591,51 +591,55 @@ class ViewerServer:
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._subs: dict[str, Any] = {}
+        self._socks: list[Any] = []
+        self._ctx: Any = None
         self._lock = threading.Lock()
         self.eval_mask_note = "inside the evaluation mask" if eval_mask is not None else "full frame (no mask given)"
 
     # ------------------------------------------------------------------ zmq side
-    def _zmq_loop(self) -> None:
+    def _open_subscribers(self) -> None:
+        """SUB sockets (connect) and their StreamSubscribers; used from the event loop only."""
         import zmq
 
         from streaming.transport import StreamSubscriber
 
         s = self.settings
-        ctx = zmq.Context()
-        socks = []
-        try:
-            for name, addr in (("output", s.decoded), ("status", s.status), ("source", s.stimulus)):
-                if not addr:
-                    continue
-                sock: Any = ctx.socket(zmq.SUB)
-                sock.setsockopt(zmq.LINGER, 0)
-                sock.setsockopt(zmq.RCVHWM, 10_000)
-                sock.setsockopt(zmq.MAXMSGSIZE, 4 * P.DEFAULT_MAX_MESSAGE_BYTES)
-                # the source stream: stimulus messages only (filtered by the publisher)
-                sock.setsockopt(zmq.SUBSCRIBE, stimulus_subscription() if name == "source" else b"")
-                sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-                sock.connect(addr)
-                socks.append(sock)
-                self._subs[name] = StreamSubscriber(sock)
-            poller = zmq.Poller()
-            for sock in socks:
-                poller.register(sock, zmq.POLLIN)
-            t_stats = time.monotonic()
-            while not self._stop.is_set():
-                poller.poll(100)
-                for name, sub in self._subs.items():
-                    for _ in range(256):
-                        env = sub.recv(0)
-                        if env is None:
-                            break
-                        self._handle(name, sub, env)
-                if time.monotonic() - t_stats >= 0.5:
-                    t_stats = time.monotonic()
-                    self._push_text(json.dumps(self.stats(recent=True)))
-        finally:
-            for sock in socks:
-                sock.close(linger=0)
-            ctx.term()
+        self._ctx = zmq.Context(io_threads=1)
+        for name, addr in (("output", s.decoded), ("status", s.status), ("source", s.stimulus)):
+            if not addr:
+                continue
+            sock: Any = self._ctx.socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 10_000)
+            sock.setsockopt(zmq.MAXMSGSIZE, 4 * P.DEFAULT_MAX_MESSAGE_BYTES)
+            # the source stream: stimulus messages only (filtered by the publisher)
+            sock.setsockopt(zmq.SUBSCRIBE, stimulus_subscription() if name == "source" else b"")
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.connect(addr)
+            self._socks.append(sock)
+            self._subs[name] = StreamSubscriber(sock)
+
+    def _close_subscribers(self) -> None:
+        for sock in self._socks:
+            sock.close(linger=0)
+        self._socks.clear()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def _drain(self) -> None:
+        """Take every queued message off the sockets (their FDs are edge-triggered: drain all)."""
+        again = False
+        for name, sub in self._subs.items():
+            for _ in range(256):  # a bounded burst per socket, then the others get their turn
+                env = sub.recv(0)
+                if env is None:
+                    break
+                self._handle(name, sub, env)
+            else:
+                again = True
+        if again and self._loop is not None:
+            self._loop.call_soon(self._drain)
 
     def _handle(self, name: str, sub: Any, env: P.Envelope) -> None:
         st = self.state
@@ -644,23 +648,13 @@ class ViewerServer:
                 msg = st.on_output(env, new_session=bool(sub.last_new_session), info=sub.session_info,
                                    recv_ns=sub.last_recv_ns)
                 if msg is not None:
-                    self._push_frame(msg)
+                    self._broadcast_frame(msg)
             elif name == "status":
                 status = st.on_status(env)
                 if status is not None:
-                    self._push_text(json.dumps(status))
+                    self._broadcast_text(json.dumps(status))
             else:
                 st.on_stimulus(env)
-
-    def _push_frame(self, msg: bytes) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._broadcast_frame, msg)
-
-    def _push_text(self, text: str) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(self._broadcast_text, text)
 
     def _broadcast_frame(self, msg: bytes) -> None:
         self.frames_sent += 1
@@ -675,7 +669,7 @@ class ViewerServer:
     def stats(self, recent: bool = False) -> dict[str, Any]:
         """The viewer's own figures (pushed to the pages every 0.5 s over the newest paint
         reports, ``recent``; GET /stats.json: all since the last reset)."""
-        with self._lock:  # the ZeroMQ thread changes the state under this lock
+        with self._lock:
             return self._stats(recent)
 
     def _stats(self, recent: bool) -> dict[str, Any]:
@@ -735,7 +729,8 @@ class ViewerServer:
                 raise web.HTTPForbidden(text="cross-origin WebSocket refused")
             if len(self.pages) >= self.settings.max_pages:
                 raise web.HTTPServiceUnavailable(text="too many pages open")
-            ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_MAX_PAGE_MESSAGE_BYTES)
+            # no per-message compression: frames are small and compressing them costs CPU
+            ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=_MAX_PAGE_MESSAGE_BYTES, compress=False)
             await ws.prepare(request)
             page = _Page(ws)
             self.pages.add(page)
@@ -802,8 +797,11 @@ class ViewerServer:
         await runner.setup()
         site = web.SockSite(runner, sock)
         await site.start()
-        thread = threading.Thread(target=self._zmq_loop, name="viewer-zmq", daemon=True)
-        thread.start()
+        import zmq
+
+        self._open_subscribers()
+        for zsock in self._socks:
+            self._loop.add_reader(zsock.getsockopt(zmq.FD), self._drain)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -814,21 +812,28 @@ class ViewerServer:
                  + (f", status {self.settings.status}" if self.settings.status else "")
                  + (f", stimulus {self.settings.stimulus}" if self.settings.stimulus else "") + ")")
         parent = os.getppid()
+        t_stats = time.monotonic()
         try:
             while not stop.is_set() and not self._stop.is_set():
                 try:
-                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+                    await asyncio.wait_for(stop.wait(), timeout=0.1)
                 except asyncio.TimeoutError:
                     pass
+                self._drain()  # a safety net under the edge-triggered readers
+                if time.monotonic() - t_stats >= 0.5:
+                    t_stats = time.monotonic()
+                    self._broadcast_text(json.dumps(self.stats(recent=True)))
                 if self.exit_with_parent and os.getppid() != parent:
                     self.log("rt-decoder view: the parent process is gone; stopping")
                     break
         finally:
             self._stop.set()
+            for zsock in self._socks:
+                self._loop.remove_reader(zsock.getsockopt(zmq.FD))
             for page in list(self.pages):
                 await page.ws.close()
             await runner.cleanup()
-            thread.join(timeout=5.0)
+            self._close_subscribers()
 
     def bind(self) -> socket.socket:
         """Bind the page's TCP socket (port 0 = a free port); sets ``url``."""

@@ -33,8 +33,4 @@ def run(args: argparse.Namespace) -> int:
     settings = ViewerSettings(decoded=args.decoded, status=args.status, stimulus=args.stimulus, host=host, port=port,
                               allow_non_loopback=args.allow_non_loopback, rolling_frames=args.rolling_frames)
     mask = load_eval_mask(args.eval_mask) if args.eval_mask else None
-    import sys
-
-    # quicker GIL hand-over from the ZeroMQ thread to the page server's loop (default 5 ms)
-    sys.setswitchinterval(0.001)
     return ViewerServer(settings, mask, exit_with_parent=args.exit_with_parent).run()
