@@ -181,6 +181,51 @@ def test_page_reports_are_validated_and_counted() -> None:
     assert summary["frames_painted"] == 3 and summary["page_skipped_frames"] == 2
 
 
+def test_server_serves_its_assets_only_and_refuses_other_origins() -> None:
+    import asyncio
+
+    import aiohttp
+
+    server = ViewerServer(ViewerSettings(decoded=_tcp(), status="", port=0), log=lambda s: None)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.url and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    url = server.url
+
+    async def probe() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as http:
+            for path in ("", "static/viewer.js", "static/viewer.css", "static/..%2Fviewer.py", "static/index.html",
+                         "stats.json"):
+                async with http.get(url + path) as resp:
+                    out[path] = (resp.status, resp.headers.get("Content-Type", ""))
+            try:
+                async with http.ws_connect(url + "ws", headers={"Origin": "http://evil.example"}):
+                    out["evil"] = "connected"
+            except aiohttp.WSServerHandshakeError as exc:
+                out["evil"] = exc.status
+            async with http.ws_connect(url + "ws", headers={"Origin": url.rstrip("/")}) as ws:
+                hello = await ws.receive_json(timeout=5)
+                out["hello"] = hello
+        return out
+
+    try:
+        out = asyncio.run(probe())
+    finally:
+        server.stop()
+        thread.join(timeout=10)
+    assert out[""][0] == 200 and "text/html" in out[""][1]
+    assert out["static/viewer.js"][0] == 200 and "javascript" in out["static/viewer.js"][1]
+    assert out["static/viewer.css"][0] == 200
+    assert out["static/..%2Fviewer.py"][0] == 404 and out["static/index.html"][0] == 404
+    assert out["stats.json"][0] == 200
+    assert out["evil"] == 403
+    assert out["hello"]["type"] == "hello" and "percentile 1" in out["hello"]["display"]
+
+
 def test_not_real_time_when_the_service_skips_or_runs_late() -> None:
     now = [0.0]
     state = ViewerState(ViewerSettings(decoded="tcp://127.0.0.1:1"), clock_s=lambda: now[0])
