@@ -6,8 +6,8 @@ headless ``chromium`` driven by Playwright (installed by the fixture when missin
 apt, as the Octave fixture does), and checks what a person would look at: frames arrive,
 the decoded canvas changes and is not uniform, the counters shown are those of the status
 channel, and the page keeps working when the service is killed and started again.
-``RT_DECODER_VIEWER_SCREENSHOT=docs/viewer.png`` also saves the screenshot there (the
-README's picture).
+``RT_DECODER_VIEWER_SCREENSHOT=docs/viewer.png`` runs it with the shipped demo model on
+8,000 ROIs (held-out trials) and saves the screenshot there (the README's picture).
 """
 
 from __future__ import annotations
@@ -406,15 +406,22 @@ class _StatusRecorder(threading.Thread):
 def live_rig(tmp_path: Path) -> Iterator[dict[str, Any]]:
     from rt_decoder.encoder.synthetic import write_random_model
 
-    n = 300
-    model = write_random_model(tmp_path / "model", n_neurons=n, n_members=1, seed=0, window_frames=16)
-    np.save(model / "neuron_ids.npy", np.arange(n, dtype=np.int64), allow_pickle=False)  # the rig's ids
+    shipped = REPO / "rt_decoder" / "models" / "demo"
+    rig_args: list[str] = []
+    if os.environ.get("RT_DECODER_VIEWER_SCREENSHOT") and (shipped / "manifest.json").is_file():
+        # the README's picture: the shipped model decoding held-out trials of 8,000 ROIs
+        n, model, recon, init = 8000, shipped, "", 100
+        rig_args = ["--heldout", "--n-trials", "30"]
+    else:  # quick: a small random model whose neurons are the rig's ROIs
+        n, init, recon = 300, 30, "lag_frames = 4\nfixed_steps = 1\n"
+        model = write_random_model(tmp_path / "model", n_neurons=n, n_members=1, seed=0, window_frames=16)
+        np.save(model / "neuron_ids.npy", np.arange(n, dtype=np.int64), allow_pickle=False)  # the rig's ids
     rig_addr, out_addr, status_addr = _tcp(), _tcp(), _tcp()
     cfg = tmp_path / "serve.toml"
     cfg.write_text(f'[input]\naddress = "{rig_addr}"\nbind = false\n[output]\naddress = "{out_addr}"\n'
                    f'[status]\naddress = "{status_addr}"\npublish_every_s = 0.25\nstatus_line_every_s = 0\n'
-                   f'[deconv]\ninit_frames = 30\n'
-                   f'[reconstruction]\nenabled = true\nmodel_dir = "{model}"\nlag_frames = 4\nfixed_steps = 1\n')
+                   f'[deconv]\ninit_frames = {init}\n'
+                   f'[reconstruction]\nenabled = true\nmodel_dir = "{model}"\n{recon}')
     procs = _Procs(tmp_path)
     rec = _StatusRecorder(status_addr)
     rec.start()
@@ -426,7 +433,7 @@ def live_rig(tmp_path: Path) -> Iterator[dict[str, Any]]:
         url = text.split("serving ", 1)[1].split(" ", 1)[0]
         procs.wait_log("serve", "READY", 120)
         procs.start("rig", "rig", "--bind", rig_addr, "--neurons", str(n), "--frames", "9000", "--rate-hz", "30",
-                    "--wait-subscribers", "2", "--wait-timeout-s", "60", "--quiet")
+                    "--wait-subscribers", "2", "--wait-timeout-s", "60", "--quiet", *rig_args)
         yield {"url": url, "config": cfg, "procs": procs, "status": rec, "tmp": tmp_path}
     finally:
         rec.stop.set()
