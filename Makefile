@@ -30,6 +30,7 @@ bench: venv
 	$(PY) -m benchmarks.bindings --out bench-bindings.json
 	$(PY) -m benchmarks.calibration --out bench-calibration.json
 	$(PY) -m benchmarks.quality --out bench-quality.json
+	$(PY) -m benchmarks.viewer --out bench-viewer.json
 
 # The shipped demo model (rt_decoder/models/demo, ~4 MB): simulate the default virtual rig
 # (8,000 neurons, 300 trials: 240 train / 30 validation / 30 test, seed 0, responses from the

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "reconstruct": "rt_decoder.commands.reconstruct",
     "serve": "rt_decoder.commands.serve",
     "sink": "rt_decoder.commands.sink",
+    "view": "rt_decoder.commands.view",
     "replay": "rt_decoder.commands.replay",
     "suite2p-live": "rt_decoder.commands.suite2p_live",
     "deconvolve": "rt_decoder.commands.deconvolve",

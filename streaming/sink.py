@@ -563,6 +563,26 @@ def _fmt(v: Any, nd: int = 2) -> str:
     return str(v)
 
 
+def _fmt_ms(v: Any) -> str:
+    """A latency in ms with 3 significant decimals below 10 ms, fewer above (never run together)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return "-"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.2f}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def _latency_table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """The latency rows, each column as wide as its widest cell plus two spaces."""
+    head = ["latency (ms)", "p50", "p95", "p99", "max", "frames"]
+    cells = [[name + ("  (end to end)" if name == "acq->sink" else ""),
+              *(_fmt_ms(st.get(q)) for q in ("p50", "p95", "p99", "max")), str(st.get("count", 0))]
+             for name, st in rows]
+    widths = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]
+    out = []
+    for r in [head, *cells]:
+        out.append("  " + r[0].ljust(widths[0]) + "".join("  " + c.rjust(w) for c, w in zip(r[1:], widths[1:])))
+    return out
+
+
 def format_summary(metrics: Mapping[str, Any]) -> str:
     """The summary table of a sink run (latency p50/p95/p99/max, gaps, skips, correlation)."""
     fr, gaps, skips = metrics.get("frames", {}), metrics.get("gaps", {}), metrics.get("skips", {})
@@ -580,11 +600,7 @@ def format_summary(metrics: Mapping[str, Any]) -> str:
     lat = metrics.get("latency_ms", {})
     rows = [*lat.get("stages", {}).items(), *lat.get("end_to_end", {}).items()]
     if rows:
-        lines.append(f"  {'latency (ms)':<26}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'frames':>8}")
-        for name, st in rows:
-            label = name + ("  (end to end)" if name == "acq->sink" else "")
-            lines.append(f"  {label:<26}{_fmt(st.get('p50'), 3):>9}{_fmt(st.get('p95'), 3):>9}"
-                         f"{_fmt(st.get('p99'), 3):>9}{_fmt(st.get('max'), 3):>9}{st.get('count', 0):>8}")
+        lines += _latency_table(rows)
     lines.append(f"gaps: output messages lost {_fmt(gaps.get('output_messages_lost'))}, output frames missing "
                  f"{_fmt(gaps.get('output_frames_missing'))}, stimulus messages lost "
                  f"{_fmt(gaps.get('stimulus_messages_lost'))}; skipped frames (service) "

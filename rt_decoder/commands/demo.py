@@ -13,6 +13,9 @@ Three processes on free loopback ports, each started as ``python -m rt_decoder.c
    announced READY on its status channel, it waits for its two subscribers (service and
    sink) before the first frame.
 
+``serve --view`` also serves the live viewer page (``rt-decoder view``, subscribed to the
+service's output and status and to the rig's stimulus); the demo prints its address.
+
 When the rig has sent its frames and the sink has drained, the service gets SIGINT (it
 drains and writes ``serve_summary.json``); the demo then prints the sink's summary table
 and where the files are. Exit code 0 only when every process succeeded and frames came
@@ -58,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--setup-timeout-s", type=float, default=180.0, help="longest wait for the service to be READY "
                    "and the rig to start (default 180)")
     p.add_argument("--timeout-s", type=float, default=300.0, help="longest run after setup (default 300)")
+    p.add_argument("--view", default="127.0.0.1:8050", metavar="HOST:PORT",
+                   help="serve the live viewer page here while the demo runs (default 127.0.0.1:8050, or any free "
+                   "port when that one is taken)")
+    p.add_argument("--no-view", action="store_true", help="no live viewer")
 
 
 # ---------------------------------------------------------------------------- child processes
@@ -132,6 +139,19 @@ class _Stage:
                 rc = self.proc.wait()
         self._thread.join(timeout=5)
         return rc
+
+
+def _view_bind(wanted: str) -> str:
+    """``wanted`` when its port is free now (or 0), else the same host with port 0 (any free port)."""
+    host, _, port = wanted.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return wanted
+    with socket.socket() as s:
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError:
+            return f"{host}:0"
+    return wanted
 
 
 def _free_tcp_addresses(n: int) -> list[str]:
@@ -334,7 +354,8 @@ def run(args: argparse.Namespace) -> int:
     failure = ""
     t_stream = t_end = None
     try:
-        serve = _Stage("serve", ["serve", "--config", str(config_path)])
+        view = [] if args.no_view else ["--view", _view_bind(args.view)]
+        serve = _Stage("serve", ["serve", "--config", str(config_path), *view])
         stages.append(serve)
         sink_argv = ["sink", "--stimulus", rig_addr, "--decoded", out_addr, "--status", status_addr, "--out", str(out),
                      "--skip-frames", str(init_frames + 30), "--timeout-s", str(args.setup_timeout_s + args.timeout_s),
@@ -343,6 +364,11 @@ def run(args: argparse.Namespace) -> int:
             sink_argv += ["--eval-mask", str(model_dir / "alpha.npz")]
         sink = _Stage("sink", sink_argv)
         stages.append(sink)
+        if view:
+            seen = serve.wait_for(r"live viewer at (\S+)", args.setup_timeout_s)
+            if seen is not None:
+                print(f"demo: live viewer at {seen.group(1)} (open it in a browser; served while the demo runs)",
+                      flush=True)
         failure = _wait_ready(status_addr, serve, args.setup_timeout_s, interrupted)
         if not failure and sink.wait_for(r"subscribed|error", args.setup_timeout_s) is None:
             failure = "the sink did not start"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 
 HELP = "run the live decoder: ZeroMQ fluorescence in, decoded movie frames out"
 
@@ -13,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print every option with its default and meaning, then exit")
     parser.add_argument("--summary-json", metavar="FILE", help="write the JSON metrics summary here at exit "
                         "(overrides [status] summary_json)")
+    parser.add_argument("--view", nargs="?", const="127.0.0.1:8050", metavar="HOST:PORT",
+                        help="also serve the live viewer page (rt-decoder view) at HOST:PORT (default "
+                        "127.0.0.1:8050; port 0 = any free port) and print its address")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,7 +34,22 @@ def run(args: argparse.Namespace) -> int:
 
     # shorter GIL hand-over between the receiver, pipeline and writer threads (default 5 ms)
     sys.setswitchinterval(0.0005)
-    return DecoderService(config, build_stage(config)).run()
+    viewer = None
+    if args.view:
+        from streaming.viewer import start_viewer_process
+
+        viewer, url = start_viewer_process(config, args.view)
+        print(f"rt-decoder serve: live viewer at {url}", flush=True)
+    try:
+        return DecoderService(config, build_stage(config)).run()
+    finally:
+        if viewer is not None:
+            viewer.terminate()
+            try:
+                viewer.wait(10)
+            except subprocess.TimeoutExpired:
+                viewer.kill()
+                viewer.wait()
 
 
 def build_stage(config):  # type: ignore[no-untyped-def]

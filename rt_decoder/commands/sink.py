@@ -7,9 +7,13 @@ optionally, to the service's status channel (skipped frames, lifecycle). It stop
 source's ``session_end`` plus a drain (or after ``--frames`` output frames, or
 ``--timeout-s``, or Ctrl-C) and writes into ``--out``:
 
-* ``side_by_side.gif``: true stimulus | live decoded (only when frames were decoded);
+* ``side_by_side.gif``: true stimulus | live decoded, labelled with frame, time and the
+  per-frame correlation (only when frames were decoded; the decoded video alone, marked
+  "no stimulus", when no stimulus arrived); decoded frames drawn with the shared display
+  normalisation of ``rt_decoder.recon.report``;
 * ``summary.png``: example frames and the scores (only when frames were decoded);
-* ``latency_hist.png``: per-stage and end-to-end latency histograms (log axes);
+* ``latency_hist.png``: per-stage and end-to-end latency histograms (log axes, a line at
+  the frame period);
 * ``metrics.json``: counts, gaps, skips, malformed messages, latency p50/p95/p99/max per
   stage and end to end, the live video correlation (evaluation mask and full screen) and
   the best lag (see ``streaming.sink``).
@@ -75,13 +79,17 @@ def _sub_socket(ctx: Any, address: str, max_bytes: int) -> Any:
 
 
 def write_latency_figure(path: Path, latencies_ms: dict[str, Any], totals: set[str] | frozenset[str] = frozenset(),
-                         title: str = "") -> Path:
+                         title: str = "", frame_period_ms: float | None = None) -> Path:
     """Two panels of log-binned latency histograms: per-stage spans, and the totals.
+
+    Each panel's legend sits below its axes (it never hides data); a dashed vertical line
+    marks the frame period when ``frame_period_ms`` is given.
 
     Parameters
     ----------
     latencies_ms : span name -> (n,) samples in ms
     totals : the names that go to the second ("end to end") panel
+    frame_period_ms : the source's frame period (ms), optional
     """
     import numpy as np
 
@@ -94,11 +102,13 @@ def write_latency_figure(path: Path, latencies_ms: dict[str, Any], totals: set[s
         from rt_decoder.errors import BackendUnavailableError
 
         raise BackendUnavailableError("figures need matplotlib (pip install 'rt-decoder[dev]')") from exc
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.0))
     all_v = np.concatenate([np.asarray(v, float) for v in latencies_ms.values()] or [np.zeros(0)])
     all_v = all_v[np.isfinite(all_v) & (all_v > 0)]
     lo = max(1e-3, float(all_v.min()) / 1.5) if all_v.size else 1e-3
     hi = max(lo * 10, float(all_v.max()) * 1.5) if all_v.size else 1e3
+    if frame_period_ms:
+        lo, hi = min(lo, frame_period_ms / 2), max(hi, frame_period_ms * 2)
     bins = np.logspace(np.log10(lo), np.log10(hi), 80)
     for ax, names, what in ((axes[0], [n for n in latencies_ms if n not in totals], "per stage"),
                             (axes[1], [n for n in latencies_ms if n in totals], "end to end")):
@@ -108,13 +118,15 @@ def write_latency_figure(path: Path, latencies_ms: dict[str, Any], totals: set[s
             if v.size:
                 ax.hist(np.clip(v, lo, hi), bins=bins, histtype="step",
                         label=f"{name}: p50 {np.median(v):.3g}, p99 {np.percentile(v, 99):.3g} ms")
+        if frame_period_ms:
+            ax.axvline(frame_period_ms, color="k", ls="--", lw=1, label=f"frame period {frame_period_ms:.1f} ms")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("frames")
         ax.set_title(what, fontsize=9)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -123,10 +135,10 @@ def write_latency_figure(path: Path, latencies_ms: dict[str, Any], totals: set[s
     return path
 
 
-def _write_outputs(out: Path, result: Any, args: argparse.Namespace, say: Any) -> list[Path]:
+def _write_outputs(out: Path, result: Any, args: argparse.Namespace, say: Any, mask: Any = None) -> list[Path]:
     import numpy as np
 
-    from rt_decoder.recon.report import write_side_by_side, write_summary_figure
+    from rt_decoder.recon.report import has_frames, write_side_by_side, write_summary_figure
     from streaming.metrics import write_summary
 
     written: list[Path] = []
@@ -138,22 +150,29 @@ def _write_outputs(out: Path, result: Any, args: argparse.Namespace, say: Any) -
         title = (f"{result.metrics['output_kind']} frames: {result.metrics['frames']['output']}; "
                  f"source clock {result.metrics['source']['clock']}")
         totals = set(result.metrics["latency_ms"]["end_to_end"])
-        written.append(write_latency_figure(out / "latency_hist.png", result.latencies_ms, totals, title))
-        if result.decoded is not None and result.true is not None:
-            true, dec = result.true, result.decoded
-            if true.shape[0] > args.max_gif_frames:
-                true, dec = true[-args.max_gif_frames:], dec[-args.max_gif_frames:]
-            rate = result.metrics["source"].get("rate_hz") or 30.0
+        rate = result.metrics["source"].get("rate_hz") or 30.0
+        written.append(write_latency_figure(out / "latency_hist.png", result.latencies_ms, totals, title,
+                                            frame_period_ms=1000.0 / float(rate)))
+        if result.decoded is not None:
+            # no stimulus (a replay without one): the decoded video alone, said so, never a blank half
+            true = result.true if has_frames(result.true) else None
+            dec, idx = result.decoded, result.frame_index
+            if dec.shape[0] > args.max_gif_frames:
+                dec, idx = dec[-args.max_gif_frames:], idx[-args.max_gif_frames:]
+                true = true[-args.max_gif_frames:] if true is not None else None
             written.append(write_side_by_side(out / "side_by_side.gif", true, dec, fps=float(rate),
-                                              scale=args.gif_scale))
+                                              scale=args.gif_scale, frame_index=idx, eval_mask=mask))
             corr = result.metrics["correlation"]
             shown = {k: corr[k] for k in ("video_corr", "video_corr_full_screen", "best_lag_frames")
                      if corr.get(k) is not None}
-            ok = np.isfinite(result.true).all(axis=(1, 2)) & np.isfinite(result.decoded).all(axis=(1, 2))
+            ok = np.isfinite(result.decoded).all(axis=(1, 2))
+            if true is not None:
+                ok &= np.isfinite(result.true).all(axis=(1, 2))
             if ok.sum() >= 1:
-                t_ok, d_ok = result.true[ok], result.decoded[ok]
-                written.append(write_summary_figure(out / "summary.png", t_ok, d_ok, shown,
-                                                    title="live decoding: true (top) vs decoded (bottom)"))
+                t_ok = result.true[ok] if true is not None else None
+                what = "true (top) vs decoded (bottom)" if true is not None else "decoded (no stimulus)"
+                written.append(write_summary_figure(out / "summary.png", t_ok, result.decoded[ok], shown,
+                                                    title=f"live decoding: {what}"))
     except Exception as exc:  # noqa: BLE001 -- figures are extras: metrics.json is already written
         from rt_decoder.errors import BackendUnavailableError
 
@@ -202,7 +221,7 @@ def _receive_and_write(args: argparse.Namespace, settings: Any, mask: Any, out: 
     t0 = time.monotonic()
     result = collector.finish(eval_mask=mask, stop_reason=reason,
                               subscriber_counters={k: v.counters.as_dict() for k, v in subs.items()})
-    written = _write_outputs(out, result, args, say)
+    written = _write_outputs(out, result, args, say, mask)
     say(f"sink: stopped ({reason}); outputs written in {time.monotonic() - t0:.1f} s")
     say(format_summary(result.metrics))
     print(f"sink: wrote {', '.join(str(p) for p in written)}", flush=True)
