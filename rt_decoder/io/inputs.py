@@ -62,8 +62,8 @@ def load_npy(path: str | Path, what: str = "array") -> np.ndarray:
         arr = np.load(p, allow_pickle=False)
     except ValueError as exc:
         if "allow_pickle" in str(exc):
-            raise DataFormatError(f"{p}: holds Python objects (a pickled object array), which rt-decoder never "
-                                  f"loads; save a plain numeric array instead ({what})") from None
+            raise DataFormatError(f"{p}: holds a pickled object array (Python objects), which rt-decoder never "
+                                  f"unpickles; save a plain numeric or string array instead ({what})") from None
         raise DataFormatError(f"{p}: not a readable .npy array ({exc}); expected {what}") from None
     except (OSError, EOFError) as exc:
         raise DataFormatError(f"{p}: truncated or unreadable .npy file ({exc}); expected {what}") from None
