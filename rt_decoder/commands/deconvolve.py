@@ -82,13 +82,9 @@ def _load(path: Path, fs: float | None, all_rois: bool, layout: str = "auto",
         rois = plane.roi_index if (plane.folder / "iscell.npy").exists() and not all_rois else None
         keep = np.arange(X.shape[0])
     elif path.suffix in (".h5", ".hdf5"):
-        from rt_decoder.io.session_file import read_session
+        from rt_decoder.io.inputs import read_complete_session
 
-        rec = read_session(path)
-        if not rec.complete and not allow_incomplete:
-            raise DataFormatError(f"{path}: an incomplete recording (its writer did not close it: stopped by "
-                                  f"SIGKILL or a crash); it holds {rec.n_frames} frames flushed before that. "
-                                  "Pass --allow-incomplete to use them")
+        rec = read_complete_session(path, allow_incomplete)
         if rec.info.is_activity:
             raise DataFormatError(f"{path}: the session already holds deconvolved activity (is_activity)")
         fs = rec.info.frame_rate_hz if fs is None else fs

@@ -258,3 +258,16 @@ def dataset_folders_inside(folder: str | Path, limit: int = 50) -> list[str]:
     except OSError:
         return []
     return subs[:limit]
+
+
+def read_complete_session(path: str | Path, allow_incomplete: bool = False):  # type: ignore[no-untyped-def]
+    """``rt_decoder.io.session_file.read_session``, refusing a recording whose writer did not
+    close it (killed, or still running) unless ``allow_incomplete``."""
+    from rt_decoder.io.session_file import read_session
+
+    rec = read_session(path)
+    if not rec.complete and not allow_incomplete:
+        raise DataFormatError(f"{path}: an incomplete recording (its writer did not close it: killed, or still "
+                              f"running); it holds {rec.n_frames} frames flushed before that. Pass "
+                              "--allow-incomplete to use them")
+    return rec
