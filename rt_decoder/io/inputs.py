@@ -55,7 +55,8 @@ def load_npy(path: str | Path, what: str = "array") -> np.ndarray:
         raise DataFormatError(f"{p}: the file is empty (0 bytes); expected a .npy array ({what})")
     if head != NPY_MAGIC:
         sample = head.decode("ascii", errors="replace")
-        hint = " (it looks like text: load it and save it with numpy.save)" if sample.isprintable() else ""
+        texty = all(c.isprintable() or c in "\t\r\n" for c in sample)
+        hint = " (it looks like text: load it and save it with numpy.save)" if texty else ""
         raise DataFormatError(f"{p}: not a .npy file (it does not start with the .npy header){hint}; "
                               f"expected {what}")
     try:
