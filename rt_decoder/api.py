@@ -290,6 +290,6 @@ def reconstruct(responses: Any, behaviour: Any = None, *, model: Any = None, tru
         true = np.asarray(truth, np.float32)
         if true.shape != video.shape:
             raise ShapeMismatchError(f"truth must have the movie's shape {video.shape}, got {true.shape}")
-        metrics = quality_report(true, video, eval_mask).as_dict()
+        metrics = dict(quality_report(true, video, eval_mask).as_dict())
         metrics["member_video_corr"] = [quality_report(true, v, eval_mask).video_corr for v in videos]
     return Reconstruction(video, [v.astype(np.float32) for v in videos], metrics, eval_mask)

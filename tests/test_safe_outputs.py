@@ -370,3 +370,11 @@ def test_a_recording_whose_writer_was_killed_is_refused_unless_allowed(tmp_path:
     assert main(["deconvolve", str(path), "--out", str(tmp_path / "a.npy"), "--allow-incomplete",
                  "--init-frames", "100"]) == 0
     assert np.load(tmp_path / "a.npy").shape == (400, 4)
+
+
+def test_rig_record_refuses_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rec = tmp_path / "s.h5"
+    rec.write_bytes(b"an earlier recording")
+    assert main(["rig", "--bind", "tcp://127.0.0.1:1", "--frames", "1", "--record", str(rec)]) == 2
+    assert "s.h5 already exists; pass --overwrite" in capsys.readouterr().err
+    assert rec.read_bytes() == b"an earlier recording"
