@@ -378,3 +378,37 @@ def test_rig_record_refuses_an_existing_file(tmp_path: Path, capsys: pytest.Capt
     assert main(["rig", "--bind", "tcp://127.0.0.1:1", "--frames", "1", "--record", str(rec)]) == 2
     assert "s.h5 already exists; pass --overwrite" in capsys.readouterr().err
     assert rec.read_bytes() == b"an earlier recording"
+
+
+def test_ctrl_c_closes_a_recording_cleanly_and_it_converts(tmp_path: Path) -> None:
+    """A recording interrupted by Ctrl-C is closed (marked complete) and every reader takes it."""
+    import socket
+
+    from rt_decoder.io.inputs import read_complete_session
+    from rt_decoder.io.session_file import SessionReader
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    rec = tmp_path / "live.h5"
+    proc = cli("rig", "--bind", addr, "--neurons", "40", "--rate-hz", "200", "--frames", "0", "--record", str(rec),
+               "--session-id", "live", "--quiet")
+
+    def some_frames() -> bool:
+        if not rec.exists():
+            return False
+        try:
+            with SessionReader(rec) as r:
+                return r.n_frames >= 20
+        except DataFormatError:
+            return False
+
+    wait_for(some_frames, "recorded frames", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, err
+    got = read_complete_session(rec)
+    assert got.complete and got.n_frames >= 20
+    assert list(got.frame_index) == list(range(got.n_frames))
+    pytest.importorskip("pynwb")
+    assert main(["to-nwb", str(rec), "--out", str(tmp_path / "live.nwb")]) == 0
