@@ -69,6 +69,15 @@ def run(args: argparse.Namespace) -> int:
     from rt_decoder.recon.runner import check_neurons, neuron_subset_weights, open_model
 
     check_target(args.out, overwrite=args.overwrite)
+    if not args.no_figures:  # fail before an hour of work, not after it
+        import importlib.util
+
+        from rt_decoder.errors import BackendUnavailableError
+
+        missing = [m for m in ("matplotlib", "imageio") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise BackendUnavailableError(f"the figures need {' and '.join(missing)} (runtime dependencies of "
+                                          "rt-decoder: reinstall it), or pass --no-figures")
     if args.nwb:
         from rt_decoder.io.nwb import require_pynwb
 
