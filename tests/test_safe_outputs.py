@@ -184,6 +184,9 @@ def test_train_checks_the_target_and_data_before_touching_anything(tmp_path: Pat
     assert main(["train", "--data", str(ds), "--out", str(tmp_path / "m1")]) == 2
     assert "needs an 'oracle' tier or >= 5 'train' trials" in capsys.readouterr().err
     assert not (tmp_path / "m1").exists()
+    # --data pointing at a folder of animal folders lists them
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "m1")]) == 2
+    assert "holds 1 animal folder(s): ds; pass one of them" in capsys.readouterr().err
 
 
 def test_train_without_torch_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
