@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what to write as responses: deconvolved fluorescence (rt_decoder.deconv), "
                              "ground-truth spikes, or auto = deconv if available else spikes (default auto)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing non-empty --out folder (replaced as a whole when the new one is complete)")
+                        help="replace an existing non-empty --out folder (as a whole, once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
