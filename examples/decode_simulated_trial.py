@@ -1,8 +1,8 @@
 """Decode a held-out trial of the virtual rig with the shipped demo model, from Python.
 
 Run from anywhere: ``python examples/decode_simulated_trial.py [OUT_DIR] [--iterations N]``.
-It simulates trial 30 of the default virtual rig (8,000 neurons, seed 0: the rig the demo
-model was trained on, trials 0..29, so trial 30 is held out), reconstructs its movie from
+It simulates trial 30 of the default virtual rig (8,000 neurons, seed 0: the demo model was
+made from trials 0..29 of that rig, so trial 30 is held out), reconstructs its movie from
 the deconvolved responses and prints the video correlation with the true movie.
 """
 

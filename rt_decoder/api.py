@@ -90,8 +90,8 @@ def simulate(out: str | Path, *, neurons: int = 8000, trials: int | Sequence[int
         Population size (1..100,000).
     trials : int or sequence of int
         How many trials (ids 0..trials-1), or which trial ids. A trial's content depends
-        only on ``seed`` and its id: the shipped demo model was trained on trials 0..29 of
-        seed 0, 8,000 neurons, so trials >= 30 of that rig are held out from it.
+        only on ``seed`` and its id: the shipped demo model was made from trials 0..29 of
+        seed 0, 8,000 neurons (trained on 24 of them), so trials >= 30 are held out from it.
     seed : int
         Seed of the population and every trial.
     frames : int
