@@ -73,11 +73,10 @@ def _load(path: Path, fs: float | None, all_rois: bool, layout: str = "auto",
 
     rois = None
     if path.is_dir():
-        if find_suite2p_plane(path) is None:
-            raise DataFormatError(f"{path}: a Suite2p folder needs F.npy (and Fneu.npy)")
+        folder = find_suite2p_plane(path)
+        if folder is None or not (folder / "Fneu.npy").exists():
+            raise DataFormatError(f"{folder or path}: a Suite2p folder needs F.npy and Fneu.npy")
         plane = load_suite2p(path, only_cells=not all_rois, warn=_say)
-        if not (plane.folder / "Fneu.npy").exists():
-            raise DataFormatError(f"{plane.folder}: a Suite2p folder needs F.npy and Fneu.npy")
         X = plane.values
         rois = plane.roi_index if (plane.folder / "iscell.npy").exists() and not all_rois else None
         keep = np.arange(X.shape[0])
