@@ -65,8 +65,8 @@ def check_target(path: str | Path, *, overwrite: bool, kind: str = "dir", flag: 
         non_empty = not p.is_dir() or any(p.iterdir())
         if non_empty and not overwrite:
             what = "already exists and is not empty" if p.is_dir() else "already exists"
-            raise ConfigError(f"{p} {what}; pass {flag} to replace it (overwrite=True in Python), "
-                              "or choose another output path")
+            python = " (overwrite=True in Python)" if flag.startswith("--") else ""
+            raise ConfigError(f"{p} {what}; pass {flag} to replace it{python}, or choose another output path")
     parent = p.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
