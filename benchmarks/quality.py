@@ -1,23 +1,48 @@
-"""Reconstruction quality on held-out virtual-rig trials (issue: reconstruction).
+"""Reconstruction quality on held-out virtual-rig trials (issue: decoding quality).
 
     python -m benchmarks.quality [--quick] [--model DIR] [--out FILE]
+    python -m benchmarks.quality --sweep [--quick] --out bench-quality-sweep.json
 
-Cases (all on the same held-out trials, responses deconvolved from the rig's
-fluorescence by the live deconvolution stage, as the model was trained):
+Two disjoint sets of held-out rig trials, neither in the model's training data (trial
+content depends only on the rig seed and the trial id; the model's manifest records the
+ids it was trained on):
 
-* ``offline_single``      member 0, published protocol (windows, normalisation, blur)
-* ``offline_ensemble``    all members reconstruct separately, videos averaged, blurred
-* ``ensemble_curve``      video correlation vs ensemble size 1..K
-* ``predicted_upper_bound`` member 0 reconstructing from its own predicted responses
-* ``neurons_curve``       offline single model keeping 100 / 50 / 25 / 12.5 % of neurons
-* ``live``                the live stage at lags 5 / 10 / 15 / 30 frames, in budget mode on
-  a simulated 30 Hz clock: frames arrive every 33.3 ms, the stage takes the newest frame
-  whenever it is free (as the service's slot does), frames it never took are skipped;
-  per-frame processing time median / p99 measured.
+* **validation** trials (ids ``n + 500 ...``, n = the training dataset's trial count) choose
+  every setting that is tuned: the offline iteration count here, and, with ``--sweep``,
+  the step rule (learning rate, gradient smoothing) and the live settings whose defaults
+  the library ships;
+* **scored** trials (ids ``n ...``) are only scored, with the settings fixed beforehand.
 
-Held-out trials are rig trials the model never saw: ids >= the training dataset's
-n_trials (the rig's ``--heldout`` convention), from the rig configuration recorded with
-the model (or the default virtual rig). Writes JSON (and PNG figures next to it).
+Responses are deconvolved from the rig's fluorescence by the online deconvolution stage, as
+the model was trained. Settings come from the library's own defaults (``OfflineSettings``,
+``LiveSettings``), so the figures are those of the product as shipped.
+
+Cases (JSON keys):
+
+* ``iterations_curve``: offline protocol, scored trials, entries ``iterations``, ``single``
+  (member 0, blurred), ``ensemble`` (members' videos averaged, blurred), up to
+  ``--iterations`` (published: 1000); ``validation_curve`` the same on validation trials;
+  ``offline_iterations`` the count chosen on validation (``selected_on``);
+* ``offline_single``, ``offline_ensemble``, ``offline_ensemble_unblurred``,
+  ``offline_member_unblurred`` (mean over members of each member's unblurred video),
+  ``blur_gain`` (ensemble blurred - unblurred), ``curve_fall_after_best``;
+* ``amortised``: ``offline_with`` / ``offline_without`` (from grey, its own iteration count
+  chosen on validation, curve to ``--iterations-without``), ``live_with`` / ``live_without``
+  (lag 10), ``direct`` (the amortised decoder alone, no gradient step);
+* ``live``: the live stage at each lag in budget mode on a simulated 30 Hz clock (frames
+  arrive every 33.3 ms, the stage takes the newest frame whenever it is free, as the
+  service's slot does; frames it never took are counted as skipped), entries
+  ``lag_frames``, ``video_corr``, ``ratio_to_offline_ensemble``, ``frame_ms_median``,
+  ``frame_ms_p99``, ``skipped_frames``, ``warm_start``;
+* ``spectrum``: share of spatial power above 0.25 cycles/px of the true video, of the input
+  gradient at grey, and of member 0's reconstruction with and without the gradient smoothing;
+* ``predicted_upper_bound`` (member 0 from its own predicted responses) and
+  ``neurons_curve`` (member 0 keeping 100/50/25/12.5 % of neurons), on the first
+  ``--curve-trials`` scored trials;
+* ``encoder_data_curve`` and ``ceiling_corr``: read from ``--data-curve`` (the JSON of
+  ``python -m benchmarks.encoder_data``), which says how it was made.
+
+Writes JSON (and PNG/GIF figures next to it).
 """
 
 from __future__ import annotations
@@ -27,12 +52,14 @@ import json
 import os
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rt_decoder.messages import ActivityFrame
+VALIDATION_OFFSET = 500
+DEFAULT_DATA_CURVE = Path(__file__).resolve().parent / "results" / "encoder_data_curve.json"
 
 
 def _rig_config(model: Any) -> Any:
@@ -47,8 +74,8 @@ def _rig_config(model: Any) -> Any:
     return RigConfig(n_neurons=model.n_neurons, seed=int(training.get("rig_seed", 0)), n_trials=n)
 
 
-def heldout_trials(model: Any, n_trials: int, frames: int) -> list[dict[str, np.ndarray]]:
-    """Held-out trials of the model's rig: true video, behaviour, deconvolved responses, rates."""
+def heldout_trials(model: Any, n_trials: int, frames: int, offset: int = 0) -> list[dict[str, Any]]:
+    """Held-out trials ``n + offset ...`` of the model's rig: video, behaviour, deconvolved responses."""
     from rt_decoder.deconv import deconvolve_array
     from rt_decoder.sim import VirtualRig
 
@@ -56,9 +83,12 @@ def heldout_trials(model: Any, n_trials: int, frames: int) -> list[dict[str, np.
     rig = VirtualRig(cfg)
     if not np.array_equal(rig.roi_ids, model.neuron_ids):
         raise SystemExit("the model's neuron ids are not the rig's: pass the rig config the model was trained on")
+    trained = set(int(i) for i in model.manifest.training.get("trial_ids", {}).get("all", []))
     out = []
     for k in range(n_trials):
-        tid = cfg.n_trials + k
+        tid = cfg.n_trials + offset + k
+        if tid in trained:
+            raise SystemExit(f"trial {tid} is in the model's training data")
         tr = rig.trial(tid)
         resp = deconvolve_array(tr.fluorescence, cfg.frame_rate_hz)
         out.append({"trial_id": tid, "video": tr.video[:frames], "behaviour": tr.behaviour[:frames],
@@ -73,11 +103,20 @@ def predicted_responses(encoder: Any, video: np.ndarray, behaviour: np.ndarray) 
     W = encoder.window_frames
     T = video.shape[0]
     out = np.zeros((T, encoder.n_neurons), np.float32)
-    first = encoder.forward(video[:W], behaviour[:W])
-    out[:W] = first
+    out[:W] = encoder.forward(video[:W], behaviour[:W])
     for t in range(W, T):
         out[t] = encoder.forward(video[t - W + 1:t + 1], behaviour[t - W + 1:t + 1])[-1]
     return out
+
+
+def hf_fraction(video: np.ndarray, cut: float = 0.25) -> float:
+    """Share of the spatial power (each frame's mean removed) above ``cut`` cycles per pixel."""
+    v = np.asarray(video, np.float64)
+    v = v - v.mean(axis=(1, 2), keepdims=True)
+    p = np.abs(np.fft.fft2(v)) ** 2
+    f = np.sqrt(np.fft.fftfreq(v.shape[1])[:, None] ** 2 + np.fft.fftfreq(v.shape[2])[None, :] ** 2)
+    total = p.sum()
+    return float(p[:, f > cut].sum() / total) if total > 0 else 0.0
 
 
 def simulate_live(stage: Any, fluorescence: np.ndarray, behaviour: np.ndarray, frame_rate_hz: float,
@@ -128,106 +167,207 @@ def simulate_live(stage: Any, fluorescence: np.ndarray, behaviour: np.ndarray, f
     return video, times, skipped
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    from rt_decoder.recon import LiveReconstructor, LiveSettings, OfflineSettings, OptimSettings
-    from rt_decoder.recon.metrics import video_correlation
-    from rt_decoder.recon.offline import blur_video, reconstruct_single
-    from rt_decoder.recon.runner import neuron_subset_weights, open_model
-    from rt_decoder.recon.stage import DEMO_MODEL_DIR
+class _Runner:
+    """Shared state of one benchmark run: the model, its backends, the trials, the scorer."""
 
-    model_dir = Path(args.model) if args.model else DEMO_MODEL_DIR
-    t_start = time.perf_counter()
-    opened = open_model(model_dir, threads=args.threads)
-    encs, mask, emask = opened.encoders, opened.train_mask, opened.eval_mask
-    trials = heldout_trials(opened.model, args.trials, args.frames)
-    W = encs[0].window_frames
-    settings = OfflineSettings(window_frames=W, stride_frames=min(8, W), iterations=args.iterations,
-                               optim=OptimSettings(learning_rate_px=args.lr))
-    skip = args.skip_frames
+    def __init__(self, args: argparse.Namespace) -> None:
+        from rt_decoder.recon.runner import load_amortised, open_model
+        from rt_decoder.recon.stage import DEMO_MODEL_DIR
 
-    def corr(truth: np.ndarray, v: np.ndarray) -> float:
-        return video_correlation(truth, v, emask, skip)
+        self.args = args
+        self.model_dir = Path(args.model) if args.model else DEMO_MODEL_DIR
+        self.opened = open_model(self.model_dir, threads=args.threads)
+        self.encs = self.opened.encoders
+        self.amortised = load_amortised(self.opened.model)
+        self.test = heldout_trials(self.opened.model, args.trials, args.frames)
+        self.val = heldout_trials(self.opened.model, args.val_trials, args.frames, offset=VALIDATION_OFFSET)
 
-    def offline(enc: Any, tr: dict[str, np.ndarray], resp: np.ndarray | None = None,
-                weights: np.ndarray | None = None) -> np.ndarray:
-        return reconstruct_single(enc, tr["responses"] if resp is None else resp, tr["behaviour"], mask, settings,
-                                  neuron_weights=weights)
+    def corr(self, truth: np.ndarray, v: np.ndarray) -> float:
+        from rt_decoder.recon.metrics import video_correlation
 
-    blur = lambda v: blur_video(v, settings.blur_sigma_frames, settings.blur_sigma_px)  # noqa: E731
-    res: dict[str, Any] = {}
-    # every member on every trial, with snapshots along the iterations: the offline figures
-    # are taken at the iteration count that scores best (an optimistic offline baseline, so
-    # the live/offline ratio below is conservative)
-    checkpoints = sorted({c for c in (10, 20, 40, 80, 160, 320, 640, 1000) if c < args.iterations} | {args.iterations})
-    snaps: list[list[dict[int, np.ndarray]]] = []
-    for tr in trials:
-        per_member = []
-        for e in encs:
-            got: dict[int, np.ndarray] = {}
-            cb = lambda it, loss, v, got=got: got.__setitem__(it + 1, v.copy()) if it + 1 in checkpoints else None  # noqa: E731
-            reconstruct_single(e, tr["responses"], tr["behaviour"], mask, settings, callback=cb)
-            per_member.append(got)
-        snaps.append(per_member)
-    curve_it = []
-    for c in checkpoints:
-        ens = np.mean([corr(tr["video"], blur(np.mean([m[c] for m in pm], axis=0))) for tr, pm in zip(trials, snaps)])
-        single = np.mean([corr(tr["video"], blur(pm[0][c])) for tr, pm in zip(trials, snaps)])
-        curve_it.append({"iterations": c, "single": float(single), "ensemble": float(ens)})
-    res["iterations_curve"] = curve_it
-    best = max(curve_it, key=lambda e: e["ensemble"])["iterations"]
-    res["offline_iterations"] = best
-    settings = OfflineSettings(window_frames=W, stride_frames=min(8, W), iterations=best,
-                               optim=OptimSettings(learning_rate_px=args.lr))
-    members_videos = [[pm[k][best] for k in range(len(encs))] for pm in snaps]
-    res["offline_single"] = float(np.mean([corr(tr["video"], blur(mv[0])) for tr, mv in zip(trials, members_videos)]))
-    res["ensemble_curve"] = [
-        {"members": k, "video_corr": float(np.mean([corr(tr["video"], blur(np.mean(mv[:k], axis=0)))
-                                                    for tr, mv in zip(trials, members_videos)]))}
-        for k in range(1, len(encs) + 1)]
-    res["offline_ensemble"] = res["ensemble_curve"][-1]["video_corr"]
-    res["offline_ensemble_unblurred"] = float(np.mean([corr(tr["video"], np.mean(mv, axis=0))
-                                                       for tr, mv in zip(trials, members_videos)]))
-    ens_videos = [blur(np.mean(mv, axis=0)) for mv in members_videos]
-    res["predicted_upper_bound"] = float(np.mean([
-        corr(tr["video"], blur(offline(encs[0], tr, resp=predicted_responses(encs[0], tr["video"], tr["behaviour"]))))
-        for tr in trials]))
-    rng = np.random.default_rng(args.seed)
-    curve = []
-    for frac in (1.0, 0.5, 0.25, 0.125):
-        if frac == 1.0:
-            c = res["offline_single"]
-        else:
-            w = neuron_subset_weights(encs[0].n_neurons, frac, rng)
-            c = float(np.mean([corr(tr["video"], blur(offline(encs[0], tr, weights=w))) for tr in trials]))
-        curve.append({"fraction": frac, "video_corr": c})
-    res["neurons_curve"] = curve
-    live = []
-    live_videos = {}
-    for lag in args.lags:
-        op = open_model(model_dir, threads=args.threads, live_frames=lag + 1)
-        st = LiveSettings(lag_frames=lag, budget_ms=args.budget_ms, steps_per_member=args.live_steps,
-                          blur_sigma_px=args.live_blur_px, blur_sigma_frames=args.live_blur_frames,
-                          target_ramp_frames=args.target_ramp, warm_start_decay=args.warm_start_decay,
-                          optim=OptimSettings(learning_rate_px=args.live_lr))
-        cs, times, skipped, members = [], [], 0, 0
+        return video_correlation(truth, v, self.opened.eval_mask, self.args.skip_frames)
+
+    def init(self, tr: dict[str, Any], amortised: bool, weights: np.ndarray | None = None) -> np.ndarray | None:
+        if not amortised or self.amortised is None:
+            return None
+        return self.amortised.decode(tr["responses"], weights)
+
+    def offline_snapshots(self, trials: list[dict[str, Any]], settings: Any, checkpoints: list[int], *,
+                          amortised: bool, members: int = 0) -> list[list[dict[int, np.ndarray]]]:
+        """[trial][member][iterations] -> video, unblurred."""
+        from rt_decoder.recon.offline import reconstruct_single
+
+        out = []
         for tr in trials:
-            stage = LiveReconstructor(op.encoders, op.train_mask, st)
+            per_member = []
+            init = self.init(tr, amortised)
+            for e in self.encs[: members or len(self.encs)]:
+                got: dict[int, np.ndarray] = {}
+                if 0 in checkpoints:
+                    got[0] = (np.full_like(tr["video"], settings.optim.init_value_px) if init is None
+                              else np.clip(init, 0, 255).astype(np.float32))
+                cb = lambda it, loss, v, got=got: got.__setitem__(it + 1, v.copy()) if it + 1 in checkpoints else None  # noqa: E731
+                reconstruct_single(e, tr["responses"], tr["behaviour"], self.opened.train_mask,
+                                   replace(settings, iterations=max(checkpoints)), callback=cb, init_video=init)
+                per_member.append(got)
+            out.append(per_member)
+        return out
+
+    def curve(self, trials: list[dict[str, Any]], snaps: list[list[dict[int, np.ndarray]]], settings: Any,
+              checkpoints: list[int]) -> list[dict[str, float]]:
+        from rt_decoder.recon.offline import blur_video
+
+        blur = lambda v: blur_video(v, settings.blur_sigma_frames, settings.blur_sigma_px)  # noqa: E731
+        curve = []
+        for c in checkpoints:
+            ens = np.mean([self.corr(tr["video"], blur(np.mean([m[c] for m in pm], axis=0)))
+                           for tr, pm in zip(trials, snaps)])
+            single = np.mean([self.corr(tr["video"], blur(pm[0][c])) for tr, pm in zip(trials, snaps)])
+            curve.append({"iterations": c, "single": float(single), "ensemble": float(ens)})
+        return curve
+
+    def live(self, trials: list[dict[str, Any]], settings: Any) -> tuple[float, list[float], int, int, np.ndarray]:
+        from rt_decoder.recon import LiveReconstructor
+        from rt_decoder.recon.runner import open_model
+
+        op = open_model(self.model_dir, threads=self.args.threads, live_frames=settings.lag_frames + 1)
+        cs, times, skipped, members = [], [], 0, 0
+        v = np.zeros(0)
+        for tr in trials:
+            stage = LiveReconstructor(op.encoders, op.train_mask, settings, amortised=self.amortised)
             stage.warmup(5)
             members = stage.n_members_active
             v, ts, sk = simulate_live(stage, tr["fluorescence"], tr["behaviour"], tr["frame_rate_hz"],
                                       tr["init_fluorescence"])
-            cs.append(corr(tr["video"], v))
+            cs.append(self.corr(tr["video"], v))
             times += ts
             skipped += sk
-            live_videos[lag] = v
-        live.append({"lag_frames": lag, "video_corr": float(np.mean(cs)),
-                     "ratio_to_offline_ensemble": float(np.mean(cs) / res["offline_ensemble"]),
+        return float(np.mean(cs)), times, skipped, members, v
+
+
+def _checkpoints(n: int) -> list[int]:
+    return sorted({c for c in (0, 10, 20, 50, 100, 200, 500, 1000) if c < n} | {n})
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from rt_decoder.recon import LiveSettings, OfflineSettings
+    from rt_decoder.recon.offline import blur_video, reconstruct_single
+    from rt_decoder.recon.runner import neuron_subset_weights
+
+    t_start = time.perf_counter()
+    r = _Runner(args)
+    encs, test, val = r.encs, r.test, r.val
+    W = encs[0].window_frames
+    settings = OfflineSettings(window_frames=W, stride_frames=min(8, W))
+    blur = lambda v: blur_video(v, settings.blur_sigma_frames, settings.blur_sigma_px)  # noqa: E731
+    have_amortised = r.amortised is not None
+    res: dict[str, Any] = {"selected_on": "validation"}
+
+    # ---- offline, the shipped method (amortised start when the model has one), curve on both sets
+    cps = _checkpoints(args.iterations)
+    val_snaps = r.offline_snapshots(val, settings, cps, amortised=True)
+    res["validation_curve"] = r.curve(val, val_snaps, settings, cps)
+    best = max(res["validation_curve"], key=lambda e: e["ensemble"])["iterations"]
+    res["offline_iterations"] = best
+    test_snaps = r.offline_snapshots(test, settings, cps, amortised=True)
+    res["iterations_curve"] = r.curve(test, test_snaps, settings, cps)
+    peak = max(res["iterations_curve"], key=lambda e: e["ensemble"])
+    res["curve_fall_after_best"] = float(peak["ensemble"] - min(
+        e["ensemble"] for e in res["iterations_curve"] if e["iterations"] >= peak["iterations"]))
+    mv = [[pm[k][best] for k in range(len(encs))] for pm in test_snaps]
+    res["offline_single"] = float(np.mean([r.corr(tr["video"], blur(m[0])) for tr, m in zip(test, mv)]))
+    res["ensemble_curve"] = [
+        {"members": k, "video_corr": float(np.mean([r.corr(tr["video"], blur(np.mean(m[:k], axis=0)))
+                                                    for tr, m in zip(test, mv)]))}
+        for k in range(1, len(encs) + 1)]
+    res["offline_ensemble"] = res["ensemble_curve"][-1]["video_corr"]
+    res["offline_ensemble_unblurred"] = float(np.mean([r.corr(tr["video"], np.mean(m, axis=0))
+                                                       for tr, m in zip(test, mv)]))
+    res["offline_member_unblurred"] = float(np.mean([[r.corr(tr["video"], x) for x in m] for tr, m in zip(test, mv)]))
+    res["blur_gain"] = res["offline_ensemble"] - res["offline_ensemble_unblurred"]
+    ens_videos = [blur(np.mean(m, axis=0)) for m in mv]
+
+    # ---- the live stage with the shipped defaults at each lag
+    defaults = LiveSettings()
+    live, live_videos = [], {}
+    for lag in args.lags:
+        st = replace(defaults, lag_frames=lag)
+        c, times, skipped, members, v = r.live(test, st)
+        live_videos[lag] = v
+        live.append({"lag_frames": lag, "video_corr": c, "ratio_to_offline_ensemble": c / res["offline_ensemble"],
                      "frame_ms_median": float(np.median(times)), "frame_ms_p99": float(np.percentile(times, 99)),
-                     "skipped_frames": int(skipped), "members_used": members, "budget_ms": args.budget_ms})
+                     "skipped_frames": int(skipped), "members_used": members, "budget_ms": st.budget_ms,
+                     "warm_start": "amortised" if (have_amortised and st.amortised_start) else st.warm_start})
     res["live"] = live
-    res["config"] = {"model": str(model_dir), "trials": [tr["trial_id"] for tr in trials], "frames": args.frames,
-                     "iterations": args.iterations, "lr_px": args.lr, "skip_frames": skip, "threads": args.threads,
+
+    # ---- with and without the amortised start
+    if have_amortised:
+        cps_wo = _checkpoints(min(args.iterations, args.iterations_without))
+        val_wo = r.offline_snapshots(val, settings, cps_wo, amortised=False)
+        best_wo = max(r.curve(val, val_wo, settings, cps_wo), key=lambda e: e["ensemble"])["iterations"]
+        test_wo = r.offline_snapshots(test, settings, [best_wo], amortised=False)
+        off_wo = float(np.mean([r.corr(tr["video"], blur(np.mean([m[best_wo] for m in pm], axis=0)))
+                                for tr, pm in zip(test, test_wo)]))
+        lag = 10 if 10 in args.lags else args.lags[0]
+        with_c = next(e["video_corr"] for e in live if e["lag_frames"] == lag)
+        without_c = r.live(test, replace(defaults, lag_frames=lag, amortised_start=False))[0]
+        assert r.amortised is not None
+        direct = float(np.mean([r.corr(tr["video"], r.amortised.decode(tr["responses"])) for tr in test]))
+        res["amortised"] = {"offline_with": res["offline_ensemble"], "offline_without": off_wo,
+                            "offline_without_iterations": best_wo, "live_lag_frames": lag,
+                            "live_with": with_c, "live_without": without_c, "direct": direct,
+                            "decoder": r.amortised.info}
+    else:
+        res["amortised"] = None
+
+    # ---- where the high spatial frequencies come from
+    tr0 = test[0]
+    e0 = encs[0]
+    grey = np.full((W, *tr0["video"].shape[1:]), 127.5, np.float32)
+    _, g = e0.loss_and_grad(grey, tr0["behaviour"][:W], tr0["responses"][:W], np.ones(e0.n_neurons, np.float32))
+    n_sp = min(200, args.iterations)
+    plain = reconstruct_single(e0, tr0["responses"], tr0["behaviour"], r.opened.train_mask,
+                               replace(settings, iterations=n_sp,
+                                       optim=replace(settings.optim, smooth_sigma_px=0.0, smooth_sigma_frames=0.0)))
+    smooth = reconstruct_single(e0, tr0["responses"], tr0["behaviour"], r.opened.train_mask,
+                                replace(settings, iterations=n_sp))
+    res["spectrum"] = {"cut_cycles_per_px": 0.25, "iterations": n_sp, "true_video": hf_fraction(tr0["video"]),
+                       "input_gradient_at_grey": hf_fraction(np.asarray(g)),
+                       "recon_unsmoothed": hf_fraction(plain), "recon_smoothed": hf_fraction(smooth),
+                       "corr_unsmoothed": r.corr(tr0["video"], plain), "corr_smoothed": r.corr(tr0["video"], smooth)}
+
+    # ---- upper bound and neurons curve (member 0, first --curve-trials scored trials)
+    ct = test[: args.curve_trials]
+    s_best = replace(settings, iterations=best)
+    res["predicted_upper_bound"] = float(np.mean([
+        r.corr(tr["video"], blur(reconstruct_single(
+            e0, predicted_responses(e0, tr["video"], tr["behaviour"]), tr["behaviour"], r.opened.train_mask, s_best,
+            init_video=None))) for tr in ct]))
+    rng = np.random.default_rng(args.seed)
+    curve = []
+    for frac in (1.0, 0.5, 0.25, 0.125):
+        w = neuron_subset_weights(e0.n_neurons, frac, rng) if frac < 1 else None
+        c = float(np.mean([r.corr(tr["video"], blur(reconstruct_single(
+            e0, tr["responses"], tr["behaviour"], r.opened.train_mask, s_best, neuron_weights=w,
+            init_video=r.init(tr, True, w)))) for tr in ct]))
+        curve.append({"fraction": frac, "video_corr": c})
+    res["neurons_curve"] = curve
+
+    # ---- the encoder's data curve (benchmarks.encoder_data)
+    dc_path = Path(args.data_curve) if args.data_curve else None
+    if dc_path is not None and dc_path.is_file():
+        dc = json.loads(dc_path.read_text())
+        res["encoder_data_curve"] = dc.get("encoder_data_curve", [])
+        res["ceiling_corr"] = dc.get("ceiling_corr")
+        res["encoder_data_curve_source"] = {"file": str(dc_path), **dc.get("config", {})}
+    else:
+        res["encoder_data_curve"], res["ceiling_corr"] = [], r.opened.model.manifest.training.get("ceiling_corr")
+    res["config"] = {"model": str(r.model_dir), "scored_trials": [tr["trial_id"] for tr in test],
+                     "validation_trials": [tr["trial_id"] for tr in val], "frames": args.frames,
+                     "iterations": args.iterations, "skip_frames": args.skip_frames, "threads": args.threads,
                      "members": len(encs), "window_frames": W, "seed": args.seed,
+                     "offline_settings": _plain(settings), "live_settings": _plain(defaults),
+                     "curve_trials": [tr["trial_id"] for tr in ct],
                      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                  "python": platform.python_version()},
                      "seconds": time.perf_counter() - t_start}
@@ -235,58 +375,127 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from rt_decoder.recon.report import write_side_by_side, write_summary_figure
 
         base = Path(args.out).with_suffix("")
-        tr = trials[-1]
+        tr = test[-1]
         write_summary_figure(f"{base}_offline.png", tr["video"], ens_videos[-1],
-                             {"video_corr": corr(tr["video"], ens_videos[-1])}, title="offline ensemble")
+                             {"video_corr": r.corr(tr["video"], ens_videos[-1])}, title="offline ensemble")
         lag = min(live_videos, key=lambda k: abs(k - 10))
         write_side_by_side(f"{base}_live_lag{lag}.gif", tr["video"], live_videos[lag])
     return res
 
 
+def _plain(obj: Any) -> Any:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(obj) if is_dataclass(obj) and not isinstance(obj, type) else obj
+
+
+def sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """Validation trials only: the step rule (offline) and the live settings, one grid each."""
+    from rt_decoder.recon import LiveSettings, OfflineSettings, OptimSettings
+    from rt_decoder.recon.offline import blur_video
+
+    r = _Runner(args)
+    val = r.val
+    W = r.encs[0].window_frames
+    out: dict[str, Any] = {"selected_on": "validation", "validation_trials": [tr["trial_id"] for tr in val]}
+    cps = _checkpoints(args.iterations)
+    rows = []
+    for lr in args.sweep_lr:
+        for sp in args.sweep_smooth_px:
+            for st in args.sweep_smooth_frames:
+                for am in ([True, False] if r.amortised is not None else [False]):
+                    s = OfflineSettings(window_frames=W, stride_frames=min(8, W),
+                                        optim=OptimSettings(learning_rate_px=lr, smooth_sigma_px=sp,
+                                                            smooth_sigma_frames=st))
+                    snaps = r.offline_snapshots(val, s, cps, amortised=am, members=1)
+                    curve = r.curve(val, snaps, s, cps)
+                    unbl = [float(np.mean([r.corr(tr["video"], pm[0][c]) for tr, pm in zip(val, snaps)])) for c in cps]
+                    row = {"learning_rate_px": lr, "smooth_sigma_px": sp, "smooth_sigma_frames": st,
+                           "amortised": am, "curve": curve, "unblurred": unbl}
+                    rows.append(row)
+                    print(f"lr {lr:6g} smooth {sp:g}/{st:g} amortised {am!s:5}: " + "  ".join(
+                        f"{c}:{u:.3f}/{e['single']:.3f}" for c, u, e in zip(cps, unbl, curve)), flush=True)
+    out["offline"] = rows
+    live_rows = []
+    base = LiveSettings()
+    for lr in args.sweep_live_lr:
+        for steps in args.sweep_live_steps:
+            st = replace(base, lag_frames=10, steps_per_member=steps,
+                         optim=replace(base.optim, learning_rate_px=lr))
+            c, times, skipped, members, _ = r.live(val, st)
+            live_rows.append({"learning_rate_px": lr, "steps_per_member": steps, "video_corr": c,
+                              "frame_ms_p99": float(np.percentile(times, 99)), "skipped": skipped,
+                              "members": members})
+            print(f"live lr {lr:g} steps {steps}: {c:.3f} (p99 {np.percentile(times, 99):.1f} ms, "
+                  f"skipped {skipped}, members {members})", flush=True)
+    out["live"] = live_rows
+    _ = blur_video
+    return out
+
+
 def _table(res: dict[str, Any]) -> str:
-    lines = ["offline iterations: " + "  ".join(f"{e['iterations']}:{e['single']:.3f}/{e['ensemble']:.3f}"
-                                             for e in res["iterations_curve"]) + "  (single/ensemble)",
-             f"offline single model      {res['offline_single']:.3f}   (at {res['offline_iterations']} iterations)",
-             f"offline ensemble (K={len(res['ensemble_curve'])})    {res['offline_ensemble']:.3f}",
+    lines = ["offline iterations (scored): " + "  ".join(f"{e['iterations']}:{e['single']:.3f}/{e['ensemble']:.3f}"
+                                                      for e in res["iterations_curve"]) + "  (single/ensemble)",
+             f"offline single model      {res['offline_single']:.3f}   (at {res['offline_iterations']} iterations, "
+             f"chosen on validation)",
+             f"offline ensemble (K={len(res['ensemble_curve'])})    {res['offline_ensemble']:.3f}   "
+             f"(unblurred {res['offline_ensemble_unblurred']:.3f}, members unblurred "
+             f"{res['offline_member_unblurred']:.3f})",
              f"predicted upper bound     {res['predicted_upper_bound']:.3f}",
-             "ensemble size: " + "  ".join(f"{e['members']}:{e['video_corr']:.3f}" for e in res["ensemble_curve"]),
              "neurons kept:  " + "  ".join(f"{e['fraction']:g}:{e['video_corr']:.3f}" for e in res["neurons_curve"]),
-             "live: lag  corr   ratio  frame_ms p50/p99   skipped  members"]
+             "live: lag  corr   ratio  frame_ms p50/p99   skipped  members  start"]
     for e in res["live"]:
         lines.append(f"      {e['lag_frames']:3d}  {e['video_corr']:.3f}  {e['ratio_to_offline_ensemble']:.2f}   "
                      f"{e['frame_ms_median']:6.1f}/{e['frame_ms_p99']:6.1f}     {e['skipped_frames']:5d}    "
-                     f"{e['members_used']}")
+                     f"{e['members_used']}  {e['warm_start']}")
+    a = res.get("amortised")
+    if a:
+        lines.append(f"amortised start: offline {a['offline_with']:.3f} vs {a['offline_without']:.3f} without; "
+                     f"live (lag {a['live_lag_frames']}) {a['live_with']:.3f} vs {a['live_without']:.3f}; "
+                     f"decoder alone {a['direct']:.3f}")
+    s = res["spectrum"]
+    lines.append(f"power above 0.25 cyc/px: true {s['true_video']:.3f}, gradient {s['input_gradient_at_grey']:.3f}, "
+                 f"recon unsmoothed {s['recon_unsmoothed']:.3f}, smoothed {s['recon_smoothed']:.3f}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="1 trial of 150 frames, 40 iterations, lags 5/10/15")
+    p.add_argument("--quick", action="store_true",
+                   help="1 scored + 1 validation trial of 150 frames, 100 iterations, lags 5/10")
     p.add_argument("--model", default="", help="model directory (default: the shipped demo model)")
     p.add_argument("--out", default="", help="JSON output file")
-    p.add_argument("--trials", type=int, default=3, help="held-out trials")
+    p.add_argument("--trials", type=int, default=3, help="scored held-out trials")
+    p.add_argument("--val-trials", type=int, default=2, help="validation held-out trials")
     p.add_argument("--frames", type=int, default=300, help="frames per trial")
-    p.add_argument("--iterations", type=int, default=320,
-                   help="most offline iterations (published: 1000); the curve is scored along the way")
-    p.add_argument("--lr", type=float, default=1000.0, help="learning rate, pixel units")
-    p.add_argument("--lags", type=int, nargs="+", default=[5, 10, 15, 30])
-    p.add_argument("--budget-ms", type=float, default=20.0, help="live per-frame step budget")
-    p.add_argument("--live-steps", type=int, default=3, help="live steps per frame per member")
-    p.add_argument("--live-lr", type=float, default=100.0, help="live learning rate, pixel units")
-    p.add_argument("--live-blur-px", type=float, default=1.0, help="live spatial blur sigma")
-    p.add_argument("--live-blur-frames", type=float, default=1.0, help="live temporal blur sigma")
-    p.add_argument("--target-ramp", type=int, default=8, help="live target ramp frames")
-    p.add_argument("--warm-start-decay", type=float, default=0.9, help="live warm start: grey + decay * (previous - grey)")
+    p.add_argument("--iterations", type=int, default=1000, help="most offline iterations (published: 1000)")
+    p.add_argument("--iterations-without", type=int, default=200,
+                   help="most offline iterations of the comparison run without the amortised start")
+    p.add_argument("--lags", type=int, nargs="+", default=[5, 10, 15])
+    p.add_argument("--curve-trials", type=int, default=1,
+                   help="scored trials used for the upper bound and the neurons curve")
+    p.add_argument("--data-curve", default=str(DEFAULT_DATA_CURVE),
+                   help="JSON of python -m benchmarks.encoder_data (default: the committed result)")
     p.add_argument("--skip-frames", type=int, default=30, help="leading frames left out of the score")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", dest="figures", action="store_false")
+    p.add_argument("--sweep", action="store_true", help="validation trials only: sweep the step rule and live settings")
+    p.add_argument("--sweep-lr", type=float, nargs="+", default=[300.0, 1000.0])
+    p.add_argument("--sweep-smooth-px", type=float, nargs="+", default=[0.0, 1.0, 2.0])
+    p.add_argument("--sweep-smooth-frames", type=float, nargs="+", default=[0.0, 1.0])
+    p.add_argument("--sweep-live-lr", type=float, nargs="+", default=[100.0, 300.0])
+    p.add_argument("--sweep-live-steps", type=int, nargs="+", default=[2, 3])
     args = p.parse_args(argv)
     if args.quick:
-        args.trials, args.frames, args.iterations, args.lags = 1, 150, 80, [5, 10, 15]
-    res = run(args)
-    print(_table(res))
-    print(f"({res['config']['seconds']:.0f} s)")
+        args.trials, args.val_trials, args.frames, args.iterations, args.lags = 1, 1, 150, 100, [5, 10]
+        args.iterations_without = min(args.iterations_without, 100)
+    if args.sweep:
+        res = sweep(args)
+    else:
+        res = run(args)
+        print(_table(res))
+        print(f"({res['config']['seconds']:.0f} s)")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2))
     return 0

@@ -210,8 +210,8 @@ def _as_time_major(responses: Any, n_model: int, neuron_ids: Any) -> np.ndarray:
 
 
 def reconstruct(responses: Any, behaviour: Any = None, *, model: Any = None, truth: Any = None,
-                neuron_ids: Any = None, iterations: int = 1000, members: int = 0, stride_frames: int = 8,
-                backend: str = "onnxruntime", threads: int = 2) -> Reconstruction:
+                neuron_ids: Any = None, iterations: int | None = None, members: int = 0, stride_frames: int = 8,
+                amortised: bool = True, backend: str = "onnxruntime", threads: int = 2) -> Reconstruction:
     """Reconstruct the movie behind a trial of activity (the published offline protocol).
 
     Parameters
@@ -230,13 +230,15 @@ def reconstruct(responses: Any, behaviour: Any = None, *, model: Any = None, tru
     neuron_ids : array_like, shape (N,), optional
         Ids of the columns of ``responses``; they are matched to the model's neurons by
         id (model neurons not present get weight 0; columns the model lacks are ignored).
-    iterations : int
-        Optimiser iterations (published: 1000; about 0.1 s per iteration and member for
-        a 10 s trial on two CPU cores).
+    iterations : int, optional
+        Optimiser iterations (default: ``OfflineSettings``'s, as ``rt-decoder reconstruct``;
+        about 0.1 s per iteration and member for a 10 s trial on two CPU cores).
     members : int
         Ensemble members to use (0 = all).
     stride_frames : int
         Stride between the 32-frame windows (published: 8).
+    amortised : bool
+        Start from the model's amortised decoder's estimate when it has one (else grey).
     backend : {"onnxruntime", "torch", "tensorrt"}
     threads : int
         Intra-op threads.
@@ -245,9 +247,12 @@ def reconstruct(responses: Any, behaviour: Any = None, *, model: Any = None, tru
     -------
     Reconstruction
     """
+    from dataclasses import replace
+
     from rt_decoder.encoder.backends import BackendSettings, open_ensemble
     from rt_decoder.recon.metrics import quality_report
     from rt_decoder.recon.offline import OfflineSettings, blur_video, reconstruct_single
+    from rt_decoder.recon.runner import load_amortised
 
     m = model if (model is not None and hasattr(model, "neuron_ids")) else load_model(model)
     model_ids = np.asarray(m.neuron_ids, np.int64)
@@ -279,10 +284,15 @@ def reconstruct(responses: Any, behaviour: Any = None, *, model: Any = None, tru
     encoders = list(open_ensemble(m, BackendSettings(kind=backend, intra_op_threads=threads),
                                   max_members=members))
     window = encoders[0].window_frames
-    settings = OfflineSettings(window_frames=window, stride_frames=min(stride_frames, window), iterations=iterations)
+    base = OfflineSettings()
+    settings = replace(base, window_frames=window, stride_frames=min(stride_frames, window),
+                       iterations=base.iterations if iterations is None else int(iterations))
     train_mask = np.asarray(m.masks.train_mask, bool)
     eval_mask = np.asarray(m.masks.eval_mask, bool)
-    videos = [reconstruct_single(enc, r, beh, train_mask, settings, neuron_weights=weights) for enc in encoders]
+    decoder = load_amortised(m) if amortised else None
+    init = None if decoder is None else decoder.decode(r, weights)
+    videos = [reconstruct_single(enc, r, beh, train_mask, settings, neuron_weights=weights, init_video=init)
+              for enc in encoders]
     mean_video = np.mean(np.stack(videos), axis=0)
     video = blur_video(mean_video, settings.blur_sigma_frames, settings.blur_sigma_px).astype(np.float32)
     metrics: dict[str, Any] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict, replace
 from typing import Any
 
 HELP = "Reconstruct dataset trials offline with the published protocol (ensemble, windows, blur)."
@@ -23,9 +24,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", default="", help="comma-separated trial ids (default: the --tier trials)")
     p.add_argument("--tier", default="final_test_main", help="tier to take trials from when --trials is empty")
     p.add_argument("--max-trials", type=int, default=0, help="at most this many trials (0 = all)")
-    p.add_argument("--iterations", type=int, default=1000, help="optimiser iterations (published: 1000)")
-    p.add_argument("--lr", type=float, default=1000.0, help="learning rate in pixel units (published: 1000)")
-    p.add_argument("--warmup", type=int, default=10, help="warm-up iterations (published: 10)")
+    p.add_argument("--iterations", type=int, default=None,
+                   help="optimiser iterations (default: OfflineSettings, chosen on validation trials)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate in pixel units (default: OptimSettings)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up iterations (default: OptimSettings)")
+    p.add_argument("--published", action="store_true",
+                   help="the published step rule exactly: start from grey, no gradient smoothing, no step decay")
+    p.add_argument("--no-amortised", action="store_true",
+                   help="start from grey even when the model has an amortised decoder")
+    p.add_argument("--allow-training-trials", action="store_true",
+                   help="score trials the model was trained or validated on (the figures are then optimistic)")
     p.add_argument("--stride", type=int, default=8, help="window stride in frames (published: 8)")
     p.add_argument("--members", type=int, default=0, help="ensemble members to use (0 = all)")
     p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "torch", "tensorrt"))
@@ -66,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from rt_decoder.io.sensorium import load_dataset
     from rt_decoder.recon.offline import OfflineSettings
     from rt_decoder.recon.optim import OptimSettings
-    from rt_decoder.recon.runner import check_neurons, neuron_subset_weights, open_model
+    from rt_decoder.recon.runner import (check_neurons, load_amortised, neuron_subset_weights, open_model,
+                                         training_trials_among)
 
     check_target(args.out, overwrite=args.overwrite)
     if not args.no_figures:  # fail before an hour of work, not after it
@@ -95,21 +104,34 @@ def run(args: argparse.Namespace) -> int:
         ids = ids[: args.max_trials]
     opened = open_model(args.model, backend=args.backend, threads=args.threads, max_members=args.members)
     check_neurons(opened.model, ds.unit_ids)
+    seen = training_trials_among(opened.model, ds.meta, ids)
+    if seen and not args.allow_training_trials:
+        raise ConfigError(f"trial(s) {seen} were in the training data of the model in {args.model} (its train or "
+                          "validation trials, recorded in its manifest): their scores would be optimistic. Pick "
+                          "held-out trials (e.g. --tier final_test_main), or pass --allow-training-trials")
     window = opened.encoders[0].window_frames
-    settings = OfflineSettings(window_frames=window, stride_frames=min(args.stride, window), iterations=args.iterations,
-                               optim=OptimSettings(learning_rate_px=args.lr, warmup_iterations=args.warmup))
+    base = OfflineSettings()
+    optim = OptimSettings(learning_rate_px=OptimSettings.learning_rate_px, smooth_sigma_px=0.0,
+                          smooth_sigma_frames=0.0, decay_iterations=0) if args.published else base.optim
+    optim = replace(optim, **{k: v for k, v in (("learning_rate_px", args.lr), ("warmup_iterations", args.warmup))
+                              if v is not None})
+    iterations = args.iterations if args.iterations is not None else (1000 if args.published else base.iterations)
+    settings = replace(base, window_frames=window, stride_frames=min(args.stride, window), iterations=iterations,
+                       optim=optim)
+    amortised = None if (args.no_amortised or args.published) else load_amortised(opened.model)
     weights = None
     if args.neuron_fraction < 1.0:
         weights = neuron_subset_weights(ds.n_neurons, args.neuron_fraction, np.random.default_rng(args.seed))
     try:
-        return _run(args, ds, ids, opened, settings, weights)
+        return _run(args, ds, ids, opened, settings, weights, amortised, seen)
     except KeyboardInterrupt:
         print(f"rt-decoder reconstruct: interrupted; {args.out} is as it was, the trials finished so far are in "
               f"{str(args.out).rstrip('/')}.incomplete (marked incomplete)", file=sys.stderr)
         raise
 
 
-def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, settings: Any, weights: Any) -> int:
+def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, settings: Any, weights: Any,
+         amortised: Any, seen: list[int]) -> int:
     from tqdm import tqdm
 
     from rt_decoder.io.safe import atomic_dir
@@ -117,13 +139,14 @@ def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, setting
 
     results = []
     truths = []
-    total = len(ids) * len(opened.encoders) * args.iterations
+    total = len(ids) * len(opened.encoders) * settings.iterations
     with atomic_dir(args.out, overwrite=args.overwrite, what="reconstruction (rt-decoder reconstruct)",
                     keep_partial=True) as out, \
             tqdm(total=total, desc="reconstruct", unit="it", disable=args.no_progress) as bar:
         for tid in ids:
             trial = ds.trial(tid)
-            res = reconstruct_trial(opened, trial, settings, neuron_weights=weights, progress=bar.update)
+            res = reconstruct_trial(opened, trial, settings, neuron_weights=weights, progress=bar.update,
+                                    amortised=amortised)
             write_trial_outputs(out, res, trial.video, figures=not args.no_figures)
             results.append(res)
             truths.append(trial.video)
@@ -131,7 +154,9 @@ def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, setting
                       f"(members {', '.join(f'{c:.3f}' for c in res.metrics['member_video_corr'])})")
         summary = summarise(results)
         summary.update(model=str(args.model), data=str(args.data), members=len(opened.encoders),
-                       iterations=args.iterations, neuron_fraction=args.neuron_fraction, backend=args.backend)
+                       iterations=settings.iterations, neuron_fraction=args.neuron_fraction, backend=args.backend,
+                       amortised_start=amortised is not None, training_trials_scored=seen,
+                       settings=asdict(settings))
         (out / "metrics.json").write_text(json.dumps({"summary": summary, "trials": [r.metrics for r in results]},
                                                      indent=2))
         if args.nwb:

@@ -45,7 +45,7 @@ MANIFEST = "manifest.json"
 _REQUIRED = ("format", "format_version", "arch", "n_neurons", "frame_rate_hz", "frame_shape",
              "behaviour_fields", "window_frames", "onnx_opset", "normalisation", "masks", "members",
              "training")
-_OPTIONAL = ("loss", "graphs", "notes")
+_OPTIONAL = ("loss", "graphs", "notes", "amortised")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ class Manifest:
     loss: dict[str, Any] = field(default_factory=lambda: {
         "kind": "poisson", "eps": 1e-8, "reduction": "sum / (W * N)"})
     notes: str = ""
+    #: the amortised decoder, if the model has one: {"file": ..., "sha256": ...} (rt_decoder.recon.amortised)
+    amortised: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +94,7 @@ class Manifest:
             "normalisation": self.normalisation, "masks": self.masks,
             "members": [m.to_dict() for m in self.members], "training": self.training,
             "loss": self.loss, "notes": self.notes,
+            **({"amortised": self.amortised} if self.amortised else {}),
         }
 
     @classmethod
@@ -144,7 +147,16 @@ class Manifest:
                 raise ModelError(f"{source}: field 'normalisation' lacks {key!r}")
         return cls(arch=arch, n_neurons=n, frame_rate_hz=float(fr), window_frames=w, normalisation=norm,
                    members=tuple(members), training=dict(d["training"]), masks=dict(masks),
-                   onnx_opset=int(d["onnx_opset"]), loss=dict(d.get("loss", {})), notes=str(d.get("notes", "")))
+                   onnx_opset=int(d["onnx_opset"]), loss=dict(d.get("loss", {})), notes=str(d.get("notes", "")),
+                   amortised=_amortised_field(d.get("amortised", {}), source))
+
+
+def _amortised_field(a: Any, source: str) -> dict[str, Any]:
+    if not isinstance(a, dict):
+        raise ModelError(f"{source}: field 'amortised' must be an object")
+    if a and not (isinstance(a.get("file"), str) and isinstance(a.get("sha256"), str)):
+        raise ModelError(f"{source}: field 'amortised' needs 'file' and 'sha256' strings")
+    return dict(a)
 
 
 def sha256_file(path: Path) -> str:

@@ -41,6 +41,7 @@ from rt_decoder.encoder.manifest import Manifest, MemberInfo, save_masks, sha256
 from rt_decoder.encoder.params import save_params
 from rt_decoder.encoder.torch_model import Encoder, poisson_loss
 from rt_decoder.errors import ConfigError, DataFormatError
+from rt_decoder.recon.amortised import AmortisedSettings
 
 log = logging.getLogger("rt_decoder.encoder.train")
 
@@ -67,6 +68,14 @@ class DataSplit:
     frame_rate_hz: float
     data_hash: str
     responses_source: str
+    #: the virtual rig's configuration when the dataset was simulated (meta/rig.json), else None
+    rig_config: dict[str, Any] | None = None
+
+    def trial_ids(self) -> dict[str, list[int]]:
+        """Trial ids of each part, as recorded in the model's manifest."""
+        parts = {"train": [t.trial_id for t in self.train], "val": [t.trial_id for t in self.val],
+                 "test": [t.trial_id for t in self.test]}
+        return {**parts, "all": sorted(parts["train"] + parts["val"] + parts["test"])}
 
 
 def load_split(data_dir: str | Path, val_fraction: float = 0.2) -> DataSplit:
@@ -105,8 +114,9 @@ def load_split(data_dir: str | Path, val_fraction: float = 0.2) -> DataSplit:
     meta = ds.meta if isinstance(ds.meta, dict) else {}
     fr = float(meta.get("frame_rate_hz", meta.get("config", {}).get("frame_rate_hz", 30.0))) if meta else 30.0
     source = str(meta.get("responses_source", "unknown (dataset responses)")) if meta else "dataset responses"
+    rig = meta.get("rig_config") if meta else None
     return DataSplit(trials["train"], trials["val"], trials["test"], np.asarray(ds.unit_ids, np.int64), fr,
-                     h.hexdigest(), source)
+                     h.hexdigest(), source, dict(rig) if isinstance(rig, dict) else None)
 
 
 # ------------------------------------------------------------------------------- metrics
@@ -318,8 +328,15 @@ def alpha_from_sensitivity(sens: np.ndarray) -> np.ndarray:
 
 def train_model(split: DataSplit, out_dir: str | Path, *, arch: ArchConfig | None = None,
                 cfg: TrainConfig | None = None, ensemble: int = 1, seed: int = 0, window_frames: int = 32,
-                progress: Callable[[str], None] | None = None) -> Manifest:
-    """Train ``ensemble`` members (seeds seed..seed+K-1), write the model directory, return its manifest."""
+                progress: Callable[[str], None] | None = None,
+                amortised: AmortisedSettings | None = AmortisedSettings()) -> Manifest:
+    """Train ``ensemble`` members (seeds seed..seed+K-1), write the model directory, return its manifest.
+
+    With ``amortised`` settings (the default) the amortised decoder
+    (``rt_decoder.recon.amortised``) is fitted on the same training trials, its ridge
+    chosen on the validation trials, and written beside the members. The manifest records
+    the trial ids of every part and the rig configuration, when the data was simulated.
+    """
     arch = arch or ArchConfig()
     cfg = cfg or TrainConfig()
     if ensemble < 1:
@@ -341,6 +358,20 @@ def train_model(split: DataSplit, out_dir: str | Path, *, arch: ArchConfig | Non
         histories.append(info)
     alpha = alpha_from_sensitivity(sensitivity_map(nets, split.train, seed=seed))
     save_masks(out / "alpha.npz", alpha)
+    amortised_entry: dict[str, Any] = {}
+    if amortised is not None:
+        from rt_decoder.recon.amortised import FILE_NAME, fit_amortised
+
+        ids = split.trial_ids()
+        dec = fit_amortised([(t.video, t.responses) for t in split.train], [(t.video, t.responses) for t in split.val],
+                            amortised, eval_mask=alpha >= 1.0, seed=seed,
+                            fitted_on={"train_trials": ids["train"], "val_trials": ids["val"],
+                                       "data_hash": split.data_hash})
+        dec.save(out / FILE_NAME)
+        amortised_entry = {"file": FILE_NAME, "sha256": sha256_file(out / FILE_NAME),
+                           "val_corr": dec.info["val_corr"], "ridge": dec.info["ridge"],
+                           "settings": dec.info["settings"]}
+        log.info("amortised decoder: validation corr %.3f (ridge %g)", dec.info["val_corr"], dec.info["ridge"])
     np.save(out / "neuron_ids.npy", split.neuron_ids.astype(np.int64), allow_pickle=False)
     test = split.test or split.val
     skip = cfg.skip_frames_eval
@@ -361,9 +392,12 @@ def train_model(split: DataSplit, out_dir: str | Path, *, arch: ArchConfig | Non
                   "n_test_trials": len(split.test), "heldout_split": "test tiers" if split.test else "validation",
                   "heldout_corr_members": heldout, "heldout_corr_ensemble": ens_corr,
                   "ceiling_corr": ceiling_corr(test, skip), "n_parameters": n_params,
-                  "torch_threads": torch.get_num_threads(), "train_seconds": time.perf_counter() - t0},
+                  "torch_threads": torch.get_num_threads(), "train_seconds": time.perf_counter() - t0,
+                  "trial_ids": split.trial_ids(), "rig_config": split.rig_config,
+                  "rig_seed": None if split.rig_config is None else split.rig_config.get("seed")},
         masks={"file": "alpha.npz", "train_threshold": 0.5, "eval_threshold": 1.0,
                "method": "mean |input gradient| of the population response, sigma 1 px, / (0.5 x p99)"},
+        amortised=amortised_entry,
     )
     write_manifest(out, man)
     return man

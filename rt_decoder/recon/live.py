@@ -36,7 +36,15 @@ from scipy.ndimage import gaussian_filter
 
 from rt_decoder.errors import ConfigError, ShapeMismatchError, StageError
 from rt_decoder.messages import ActivityFrame, DecodedFrame
-from rt_decoder.recon.optim import GradientEncoder, OptimSettings, apply_step, normalise, settings_with_optim
+from rt_decoder.recon.amortised import AmortisedDecoder
+from rt_decoder.recon.optim import (
+    GradientEncoder,
+    OptimSettings,
+    apply_step,
+    normalise,
+    precondition,
+    settings_with_optim,
+)
 
 WARM_STARTS = ("previous", "grey")
 
@@ -60,6 +68,10 @@ class LiveSettings:
     blur_sigma_px : spatial Gaussian blur of the emitted frame (0 = off)
     blur_sigma_frames : temporal Gaussian blur of the emitted frame with its neighbours in the
         window (the frame before, already frozen, and the one after, still optimised); 0 = off
+    amortised_start : with an amortised decoder (``rt_decoder.recon.amortised``), each frame
+        restarts from the decoder's estimate once ``min(L - 1, lag_frames)`` later response
+        frames are in (L: the decoder's ``response_frames``), and gradient steps refine it
+        until it is emitted; False, or a model without one: warm start only
     target_ramp_frames : loss weight of a frame's responses ramps up linearly over its first
         frames in the window (age a -> min(1, (a + 1) / ramp)), since the deconvolution
         still revises the newest estimates; 0 = every frame weighs 1 (needs an encoder whose
@@ -77,6 +89,7 @@ class LiveSettings:
     blur_sigma_px: float = 1.0
     blur_sigma_frames: float = 1.0
     target_ramp_frames: int = 0
+    amortised_start: bool = True
     optim: OptimSettings = field(default_factory=OptimSettings)
 
     def __post_init__(self) -> None:
@@ -136,11 +149,14 @@ class LiveReconstructor:
     neuron_weights : ndarray (N,) or None
         0 for neurons to ignore (e.g. dropped ROIs).
     clock_ns : callable returning monotonic ns (injectable for tests)
+    amortised : AmortisedDecoder or None
+        Starting points for the frames (used when ``settings.amortised_start``).
     """
 
     def __init__(self, encoders: Sequence[GradientEncoder], grad_mask: np.ndarray,
                  settings: LiveSettings = LiveSettings(), *, neuron_weights: np.ndarray | None = None,
-                 clock_ns: Callable[[], int] = time.perf_counter_ns) -> None:
+                 clock_ns: Callable[[], int] = time.perf_counter_ns,
+                 amortised: AmortisedDecoder | None = None) -> None:
         if not encoders:
             raise ConfigError("the live stage needs at least one encoder")
         self.n_neurons = int(encoders[0].n_neurons)
@@ -182,6 +198,17 @@ class LiveReconstructor:
             raise ShapeMismatchError(f"neuron_weights must have shape ({self.n_neurons},), got {w.shape}")
         self._weights = w
         self._clock = clock_ns
+        self.amortised = amortised if settings.amortised_start else None
+        if self.amortised is not None:
+            if self.amortised.n_neurons != self.n_neurons:
+                raise ConfigError(f"the amortised decoder reads {self.amortised.n_neurons} neurons, the encoders "
+                                  f"{self.n_neurons}")
+            if self.amortised.frame_shape != self.frame_shape:
+                raise ConfigError(f"the amortised decoder makes {self.amortised.frame_shape} frames, the mask is "
+                                  f"{self.frame_shape}")
+            # response frames after a frame that its start waits for (at most the lag)
+            self._amortised_wait = min(self.amortised.response_frames - 1, settings.lag_frames, self.window - 1)
+        self.amortised_starts = 0
         self.n_members_active = len(self._encoders) if settings.max_members == 0 else min(
             settings.max_members, len(self._encoders))
         self.step_ns_estimate = 0.0
@@ -219,6 +246,7 @@ class LiveReconstructor:
         self.frames_emitted = 0
         self.skipped = 0
         self.steps_total = 0
+        self.amortised_starts = 0
         self._emitted = -1
 
     def warmup(self, n_steps: int = 3) -> float:
@@ -324,8 +352,30 @@ class LiveReconstructor:
             self._targets[-r.shape[0]:] = r
         np.maximum(self._targets, 0.0, out=self._targets)
         self.newest = idx
+        if self.amortised is not None:
+            self._amortised_restart()
         self._optimise()
         return out + self._emit(idx)
+
+    def _amortised_restart(self) -> None:
+        """The frame whose later responses are now in restarts from the amortised estimate."""
+        assert self.amortised is not None and self.newest is not None
+        a = self._amortised_wait
+        slot = self.window - 1 - a
+        if self._frame_index[slot] < 0 or self._frame_index[slot] < self.newest - self.settings.lag_frames:
+            return
+        L = self.amortised.response_frames
+        rows = self._targets[slot:slot + a + 1]
+        z = self.amortised.project(rows, self._weights)                 # (a + 1, K)
+        comps = np.zeros((1, L, z.shape[1]), np.float32)
+        comps[0, : a + 1] = z
+        o = self.settings.optim
+        frame = np.clip(self.amortised.frames_from_components(comps)[0], o.pixel_min_px, o.pixel_max_px)
+        for m in self._members:
+            m.video[slot] = frame
+            if m.feat_ok is not None:
+                m.feat_ok[slot] = False
+        self.amortised_starts += 1
 
     def _optimisable(self) -> np.ndarray:
         assert self.newest is not None
@@ -358,8 +408,7 @@ class LiveReconstructor:
     def _step_member(self, m: _Member, active: np.ndarray) -> None:
         g = self._member_grad(m)
         g[~active] = 0.0
-        g = normalise(g)
-        g *= self._maskf
+        g = precondition(normalise(g), self._maskf, self.settings.optim, active)
         apply_step(m.video, m.moment, m.iters, g, active, self.settings.optim)
 
     def _optimise(self) -> None:

@@ -17,7 +17,14 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from rt_decoder.errors import ConfigError, StageError
-from rt_decoder.recon.optim import GradientEncoder, OptimSettings, apply_step, normalise, settings_with_optim
+from rt_decoder.recon.optim import (
+    GradientEncoder,
+    OptimSettings,
+    apply_step,
+    normalise,
+    precondition,
+    settings_with_optim,
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,8 @@ def _validate_inputs(encoder: GradientEncoder, responses: np.ndarray, behaviour:
 def reconstruct_single(encoder: GradientEncoder, responses: np.ndarray, behaviour: np.ndarray,
                        grad_mask: np.ndarray, settings: OfflineSettings = OfflineSettings(), *,
                        neuron_weights: np.ndarray | None = None, frame_shape: tuple[int, int] = (36, 64),
-                       callback: Callable[[int, float, np.ndarray], None] | None = None) -> np.ndarray:
+                       callback: Callable[[int, float, np.ndarray], None] | None = None,
+                       init_video: np.ndarray | None = None) -> np.ndarray:
     """Reconstruct one trial with one encoder.
 
     Parameters
@@ -123,6 +131,9 @@ def reconstruct_single(encoder: GradientEncoder, responses: np.ndarray, behaviou
         Pixels that receive gradient (alpha >= 0.5).
     callback : callable(iteration, loss, video) or None
         Called after every iteration (progress bars, convergence curves).
+    init_video : ndarray, shape (T, H, W), or None
+        Starting point (e.g. the amortised decoder's estimate, ``rt_decoder.recon.amortised``);
+        None = uniform ``optim.init_value_px`` (published). Clipped to the pixel range.
 
     Returns
     -------
@@ -137,7 +148,13 @@ def reconstruct_single(encoder: GradientEncoder, responses: np.ndarray, behaviou
                           f"{encoder.window_frames}")
     T = responses.shape[0]
     o = settings.optim
-    video = np.full((T, *frame_shape), o.init_value_px, np.float32)
+    if init_video is None:
+        video = np.full((T, *frame_shape), o.init_value_px, np.float32)
+    else:
+        video = np.asarray(init_video, np.float32)
+        if video.shape != (T, *frame_shape):
+            raise StageError(f"init_video must have shape {(T, *frame_shape)}, got {video.shape}")
+        video = np.clip(video, o.pixel_min_px, o.pixel_max_px).astype(np.float32)
     moment = np.zeros_like(video)
     iters = np.zeros(T, np.int64)
     active = np.ones(T, bool)
@@ -145,7 +162,7 @@ def reconstruct_single(encoder: GradientEncoder, responses: np.ndarray, behaviou
     for it in range(settings.iterations):
         loss, grad = trial_gradient(encoder, video, behaviour, responses, w,
                                     settings.window_frames, settings.stride_frames)
-        grad *= maskf
+        grad = precondition(grad, maskf, o)
         apply_step(video, moment, iters, grad, active, o)
         if callback is not None:
             callback(it, loss, video)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from rt_decoder.errors import ConfigError
 
@@ -64,6 +65,15 @@ class OptimSettings:
     warmup_iterations : linear learning-rate warm-up length, per frame (published: 10)
     init_value_px : initial pixel value (published: uniform grey 127.5)
     pixel_min_px, pixel_max_px : clamp range after every step
+    smooth_sigma_px, smooth_sigma_frames : gradient preconditioner: every step's (masked)
+        gradient is smoothed by a Gaussian of these sigmas in (y, x) and t, then rescaled to
+        its former L2 norm, so the optimiser moves only along smooth directions (the
+        encoder's input gradient carries aliasing energy from its space-to-depth layers that
+        no stimulus has; see README "Reconstruction"). 0 = off (the published rule)
+    decay_iterations : step-size decay: the step of a frame's t-th iteration is multiplied by
+        d / (d + t) with d = decay_iterations, so the path a pixel can travel grows only
+        logarithmically and long runs settle instead of wandering into the noise of
+        single-trial responses (normalised steps never shrink on their own). 0 = off (published)
     """
 
     learning_rate_px: float = 1000.0
@@ -72,8 +82,17 @@ class OptimSettings:
     init_value_px: float = 127.5
     pixel_min_px: float = 0.0
     pixel_max_px: float = 255.0
+    smooth_sigma_px: float = 0.0
+    smooth_sigma_frames: float = 0.0
+    decay_iterations: int = 0
 
     def __post_init__(self) -> None:
+        if not (0 <= self.decay_iterations <= 1_000_000):
+            raise ConfigError(f"decay_iterations must be in [0, 1e6], got {self.decay_iterations}")
+        if not (0.0 <= self.smooth_sigma_px <= 16.0):
+            raise ConfigError(f"smooth_sigma_px must be in [0, 16], got {self.smooth_sigma_px}")
+        if not (0.0 <= self.smooth_sigma_frames <= 16.0):
+            raise ConfigError(f"smooth_sigma_frames must be in [0, 16], got {self.smooth_sigma_frames}")
         if not (0.0 < self.learning_rate_px <= 1e6):
             raise ConfigError(f"learning_rate_px must be in (0, 1e6], got {self.learning_rate_px}")
         if not (0.0 <= self.momentum < 1.0):
@@ -90,6 +109,39 @@ def normalise(grad: np.ndarray) -> np.ndarray:
     """Divide ``grad`` by its L2 norm (left unchanged when the norm is zero)."""
     n = float(np.sqrt(np.sum(np.square(grad, dtype=np.float64))))
     return grad / np.float32(n) if n > 0 else grad
+
+
+def precondition(grad: np.ndarray, maskf: np.ndarray, s: OptimSettings,
+                 active: np.ndarray | None = None) -> np.ndarray:
+    """Mask, smooth and rescale a gradient (T, H, W) as ``s`` says; returns a new array.
+
+    The gradient is multiplied by ``maskf`` (H, W), smoothed with a Gaussian of
+    ``smooth_sigma_frames`` in t and ``smooth_sigma_px`` in y, x (zero outside the frame and,
+    in t, outside the ``active`` frames, which stay the only ones with a gradient), masked
+    again and scaled back to the L2 norm it had before smoothing. Without smoothing it is the
+    masked gradient.
+    """
+    g = np.asarray(grad, np.float32) * maskf
+    st = s.smooth_sigma_frames if g.shape[0] > 1 else 0.0
+    if s.smooth_sigma_px <= 0 and st <= 0:
+        return g
+    if active is not None:
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            return g
+        sub = slice(int(idx[0]), int(idx[-1]) + 1)
+    else:
+        sub = slice(0, g.shape[0])
+    before = float(np.sqrt(np.sum(np.square(g[sub], dtype=np.float64))))
+    if before == 0.0:
+        return g
+    sm = gaussian_filter(g[sub], sigma=(st, s.smooth_sigma_px, s.smooth_sigma_px), mode="constant",
+                         truncate=3.0) * maskf
+    after = float(np.sqrt(np.sum(np.square(sm, dtype=np.float64))))
+    out = np.zeros_like(g)
+    if after > 0:
+        out[sub] = sm * np.float32(before / after)
+    return out
 
 
 def apply_step(video: np.ndarray, moment: np.ndarray, iters: np.ndarray, grad: np.ndarray,
@@ -113,6 +165,7 @@ def apply_step(video: np.ndarray, moment: np.ndarray, iters: np.ndarray, grad: n
     t = iters[idx].astype(np.float64)
     moment[idx] = b1 * moment[idx] + (1.0 - b1) * grad[idx]
     warm = np.minimum(1.0, t / s.warmup_iterations) if s.warmup_iterations > 0 else np.ones_like(t)
-    scale = (s.learning_rate_px * warm / (1.0 - b1 ** t)).astype(np.float32)
+    decay = s.decay_iterations / (s.decay_iterations + t) if s.decay_iterations > 0 else 1.0
+    scale = (s.learning_rate_px * warm * decay / (1.0 - b1 ** t)).astype(np.float32)
     video[idx] -= scale[:, None, None] * moment[idx]
     video[idx] = np.clip(video[idx], s.pixel_min_px, s.pixel_max_px)

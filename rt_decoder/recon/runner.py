@@ -44,6 +44,49 @@ def open_model(model_dir: str | Path, *, backend: str = "onnxruntime", threads: 
                        np.asarray(model.masks.eval_mask, bool))
 
 
+def load_amortised(model: Any) -> Any:
+    """The model's amortised decoder (``rt_decoder.recon.amortised``), or None if it has none.
+
+    Raises ModelError when the manifest names a file that is missing or does not match its hash.
+    """
+    from rt_decoder.encoder.manifest import sha256_file
+    from rt_decoder.recon.amortised import AmortisedDecoder
+
+    entry = dict(model.manifest.amortised)
+    if not entry:
+        return None
+    path = Path(model.root) / entry["file"]
+    if not path.is_file():
+        raise ModelError(f"{path}: the manifest names an amortised decoder that is missing")
+    if sha256_file(path) != entry["sha256"]:
+        raise ModelError(f"{path}: sha256 does not match the manifest's")
+    dec = AmortisedDecoder.load(path)
+    if dec.n_neurons != model.n_neurons:
+        raise ModelError(f"{path}: reads {dec.n_neurons} neurons, the model has {model.n_neurons}")
+    return dec
+
+
+def training_trials_among(model: Any, dataset_meta: Any, trial_ids: Sequence[int]) -> list[int]:
+    """The ``trial_ids`` that were in the model's training or validation data.
+
+    A model records the trial ids it was fitted and validated on (manifest
+    ``training.trial_ids``). A dataset whose neurons are the model's holds those same trials
+    unless it comes from a different simulated rig (another ``rig_config`` seed), since a
+    trial's content is fixed by its animal (or rig seed) and id.
+    """
+    tr = dict(model.manifest.training)
+    ids = tr.get("trial_ids") or {}
+    used = set(int(i) for i in list(ids.get("train", [])) + list(ids.get("val", [])))
+    if not used:
+        return []
+    meta = dataset_meta if isinstance(dataset_meta, dict) else {}
+    rig = meta.get("rig_config") if isinstance(meta.get("rig_config"), dict) else None
+    model_rig = tr.get("rig_config") if isinstance(tr.get("rig_config"), dict) else None
+    if rig is not None and model_rig is not None and rig.get("seed") != model_rig.get("seed"):
+        return []
+    return sorted(int(i) for i in trial_ids if int(i) in used)
+
+
 def check_neurons(model: Any, unit_ids: np.ndarray) -> None:
     """The dataset's neurons must be the model's, in the same order."""
     ids = np.asarray(unit_ids).astype(np.int64)
@@ -71,14 +114,18 @@ class TrialResult:
 
 def reconstruct_trial(opened: OpenedModel, trial: Any, settings: OfflineSettings, *,
                       neuron_weights: np.ndarray | None = None,
-                      progress: Callable[[int], None] | None = None) -> TrialResult:
-    """Reconstruct one SensoriumTrial with every opened member; score against its video."""
+                      progress: Callable[[int], None] | None = None, amortised: Any = None) -> TrialResult:
+    """Reconstruct one SensoriumTrial with every opened member; score against its video.
+
+    With ``amortised`` (an ``AmortisedDecoder``) every member starts from its estimate.
+    """
     members = []
     t0 = time.perf_counter()
+    init = None if amortised is None else amortised.decode(np.asarray(trial.responses, np.float32), neuron_weights)
     for enc in opened.encoders:
         cb = None if progress is None else (lambda it, loss, v: progress(1))
         members.append(reconstruct_single(enc, trial.responses, trial.behaviour, opened.train_mask, settings,
-                                          neuron_weights=neuron_weights, callback=cb))
+                                          neuron_weights=neuron_weights, callback=cb, init_video=init))
     seconds = time.perf_counter() - t0
     mean = np.mean(np.stack(members), axis=0)
     video = blur_video(mean, settings.blur_sigma_frames, settings.blur_sigma_px)
