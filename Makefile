@@ -11,7 +11,8 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,train]'
+	# torch: exactly the local CPU build (the [train] extra allows a range; never let pip pick one)
+	$(PY) -m pip install -q -e '.[dev,train,nwb]' 'torch==2.13.0'
 	# real Suite2p for the suite2p-live comparison test; --no-deps: see pyproject's dev extra
 	$(PY) -m pip install -q --no-deps 'suite2p==0.14.6'
 	touch $(STAMP)
@@ -41,7 +42,7 @@ models: venv
 	$(VENV)/bin/rt-decoder simulate --out build/demo-data --neurons 8000 --trials 300 --seed 0 \
 	    --responses deconv --overwrite --no-progress
 	$(VENV)/bin/rt-decoder train --data build/demo-data --out rt_decoder/models/demo --ensemble 3 \
-	    --seed 0 --epochs 2 --patience 2 --no-export
+	    --seed 0 --epochs 2 --patience 2 --no-export --overwrite
 
 # C publisher (bindings/c): needs libzmq headers (Debian: apt-get install libzmq3-dev).
 BINDINGS_C := build/bindings/c

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "replay": "rt_decoder.commands.replay",
     "suite2p-live": "rt_decoder.commands.suite2p_live",
     "deconvolve": "rt_decoder.commands.deconvolve",
+    "to-nwb": "rt_decoder.commands.to_nwb",
 }
 
 

@@ -12,6 +12,9 @@
     ├── ModelError                  a model directory / manifest is invalid or inconsistent
     └── BackendUnavailableError     a compute backend cannot run here (names what is missing)
 
+    InputWarning (UserWarning)      input accepted, but something the user should know
+                                    (e.g. ROIs that are NaN in every frame)
+
 In the frame loop, ``ProtocolError`` and ``StageError`` are counted and the service keeps
 running; anything else at start-up is fatal. This module imports nothing but the standard
 library.
@@ -54,3 +57,7 @@ class ModelError(RtDecoderError, ValueError):
 
 class BackendUnavailableError(RtDecoderError, RuntimeError):
     """A compute backend cannot run on this machine; the message says what is missing."""
+
+
+class InputWarning(UserWarning):
+    """Input was accepted but has a problem the user should know about (Python API)."""

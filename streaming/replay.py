@@ -10,7 +10,13 @@ Sources (``open_source`` picks one from the path, or ``fmt=`` forces it):
 - ``sensorium``: a Sensorium-2023-layout folder (``rt_decoder.io.sensorium``): its
   responses are already deconvolved, so it is replayed as ACTIVITY frames with
   ``SessionInfo.is_activity = True`` (the service then bypasses its deconvolution);
-  trials are concatenated in id order (30 Hz unless the folder's meta says otherwise).
+  trials (all, those of one tier, or a list) are concatenated in the given order (30 Hz
+  unless the folder's meta says otherwise).
+
+Sources that have the true stimulus (Sensorium videos, session files recorded with it)
+send it after each frame as a ``stimulus`` message, as the virtual rig does, so that
+``rt-decoder sink`` scores replayed sessions. A session file whose writer was killed is
+refused unless ``allow_incomplete``.
 - ``nwb``: the first ``RoiResponseSeries`` of an NWB file (needs ``pynwb``; without it a
   ``BackendUnavailableError`` says so).
 
@@ -26,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,11 +95,12 @@ class ArraySource:
             yield ReplayFrame(fi, self.values[t], beh, stim)
 
 
-def session_file_source(path: str | Path, session_id: str | None = None) -> ArraySource:
-    """Our recorded-session HDF5 file."""
-    from rt_decoder.io.session_file import read_session
+def session_file_source(path: str | Path, session_id: str | None = None,
+                        allow_incomplete: bool = False) -> ArraySource:
+    """Our recorded-session HDF5 file (one whose writer was killed only with ``allow_incomplete``)."""
+    from rt_decoder.io.inputs import read_complete_session
 
-    rec = read_session(path)
+    rec = read_complete_session(path, allow_incomplete)
     info = rec.info
     if session_id:
         info = _with_sid(info, session_id)
@@ -106,67 +113,71 @@ def _with_sid(info: SessionInfo, sid: str) -> SessionInfo:
     return dataclasses.replace(info, session_id=sid)
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataFormatError(f"{path}: cannot read as a plain .npy array ({exc})") from None
-
-
 def suite2p_source(folder: str | Path, fs: float | None, *, neuropil_coeff: float = 0.7,
-                   only_cells: bool = True, session_id: str | None = None) -> ArraySource:
-    """A Suite2p plane folder: F - neuropil_coeff * Fneu for iscell ROIs, at ``fs`` Hz."""
-    root = Path(folder)
-    for cand in (root, root / "plane0", root / "suite2p" / "plane0"):
-        if (cand / "F.npy").exists():
-            root = cand
-            break
-    else:
+                   only_cells: bool = True, session_id: str | None = None,
+                   roi_ids_file: str | Path | None = None, warn: Any = None) -> ArraySource:
+    """A Suite2p plane folder: F - neuropil_coeff * Fneu for iscell ROIs, at ``fs`` Hz.
+
+    ROI ids are the rows of ``F.npy`` (0..N-1) unless ``roi_ids_file`` (an ``.npy`` with one
+    id per row of ``F.npy``, e.g. the unit ids a model was trained with) says otherwise.
+    ``warn`` receives what the user should know (no ``iscell.npy``, NaN-only ROIs).
+    """
+    from rt_decoder.io.inputs import find_suite2p_plane, load_suite2p
+
+    if find_suite2p_plane(folder) is None:
         raise DataFormatError(f"{folder}: no F.npy (Suite2p plane folder expected)")
     if fs is None or not (0 < fs <= 10_000):
         raise ConfigError(f"Suite2p replay needs the frame rate (--fs HZ), got {fs!r}; "
                           "ops.npy is not read because it needs pickle")
-    F = _load_npy(root / "F.npy")
-    if F.ndim != 2:
-        raise DataFormatError(f"{root / 'F.npy'}: expected (ROIs, frames), got shape {F.shape}")
-    values = F.astype(np.float32)
-    if (root / "Fneu.npy").exists():
-        Fneu = _load_npy(root / "Fneu.npy")
-        if Fneu.shape != F.shape:
-            raise DataFormatError(f"{root / 'Fneu.npy'}: shape {Fneu.shape} differs from F.npy {F.shape}")
-        values = (F - neuropil_coeff * Fneu).astype(np.float32)
-    ids = np.arange(F.shape[0], dtype=np.int64)
-    if only_cells and (root / "iscell.npy").exists():
-        iscell = _load_npy(root / "iscell.npy")
-        flag = iscell[:, 0] if iscell.ndim == 2 else iscell
-        if flag.shape[0] != F.shape[0]:
-            raise DataFormatError(f"{root / 'iscell.npy'}: {flag.shape[0]} entries for {F.shape[0]} ROIs")
-        keep = flag > 0.5
-        if not keep.any():
-            raise DataFormatError(f"{root / 'iscell.npy'}: no ROI is classified as a cell")
-        values, ids = values[keep], ids[keep]
-    info = SessionInfo(session_id or f"suite2p-{root.name}", ids, float(fs), stimulus_shape=None,
+    plane = load_suite2p(folder, only_cells=only_cells, roi_ids_file=roi_ids_file,
+                         neuropil_coeff=neuropil_coeff, warn=warn)
+    info = SessionInfo(session_id or f"suite2p-{plane.folder.name}", plane.roi_ids, float(fs), stimulus_shape=None,
                        source="suite2p")
-    return ArraySource(info, np.ascontiguousarray(values.T))
+    return ArraySource(info, plane.values)
 
 
 class SensoriumSource:
     """A Sensorium-layout folder replayed as activity frames, trial after trial."""
 
-    def __init__(self, folder: str | Path, session_id: str | None = None, tier: str | None = None) -> None:
+    def __init__(self, folder: str | Path, session_id: str | None = None, tier: str | None = None,
+                 trials: Sequence[int] | None = None) -> None:
         from rt_decoder.io.sensorium import load_dataset
 
         self.ds = load_dataset(folder)
         self.trial_ids = list(self.ds.trials(tier)) if tier else list(self.ds.trial_ids)
+        if trials is not None:
+            missing = [int(t) for t in trials if int(t) not in self.ds.tiers]
+            if missing:
+                raise ConfigError(f"{folder}: no trial(s) {missing} (trials {self.ds.trial_ids[0]}.."
+                                  f"{self.ds.trial_ids[-1]})")
+            chosen = [int(t) for t in trials]
+            if tier:
+                wrong = [t for t in chosen if self.ds.tiers[t] != tier]
+                if wrong:
+                    raise ConfigError(f"{folder}: trial(s) {wrong} are not in tier {tier!r}")
+            self.trial_ids = chosen
         if not self.trial_ids:
-            raise DataFormatError(f"{folder}: no trials{f' in tier {tier!r}' if tier else ''}")
+            tiers = sorted(set(self.ds.tiers.values()))
+            raise DataFormatError(f"{folder}: no trials{f' in tier {tier!r} (tiers: {tiers})' if tier else ''}")
         first = self.ds.trial(self.trial_ids[0])
         self.info = SessionInfo(session_id or f"sensorium-{Path(folder).name}", np.asarray(self.ds.unit_ids),
                                 float(self.ds.frame_rate_hz), roi_centres_px=self.ds.roi_centres_px,
                                 stimulus_shape=tuple(first.video.shape[1:]), is_activity=True,  # type: ignore[arg-type]
                                 source="sensorium")
-        self.n_frames = -1  # unknown until replayed: trials are loaded one at a time
+        self.n_frames = sum(self._trial_frames(i) for i in self.trial_ids)
 
+    def _trial_frames(self, tid: int) -> int:
+        """Frames of one trial (its video up to the first NaN frame), read memory-mapped."""
+        try:
+            v = np.load(self.ds.root / "data" / "videos" / f"{tid}.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataFormatError(f"{self.ds.root}: video of trial {tid} cannot be read ({exc})") from None
+        if v.ndim != 3:
+            raise DataFormatError(f"{self.ds.root}: video of trial {tid} has shape {v.shape}, expected (H, W, T)")
+        if v.dtype.kind != "f":
+            return int(v.shape[2])
+        nan = np.isnan(v[0, 0, :])
+        return int(np.argmax(nan)) if nan.any() else int(v.shape[2])
 
     def frames(self) -> Iterator[ReplayFrame]:
         k = 0
@@ -231,19 +242,52 @@ def detect_format(path: str | Path) -> str:
 
 
 def open_source(path: str | Path, *, fmt: str = "auto", fs: float | None = None,
-                session_id: str | None = None) -> ReplaySource:
-    """Open a replay source of format ``fmt`` (``"auto"`` detects it)."""
+                session_id: str | None = None, trials: Sequence[int] | None = None, tier: str | None = None,
+                roi_ids_file: str | Path | None = None, allow_incomplete: bool = False,
+                warn: Any = None) -> ReplaySource:
+    """Open a replay source of format ``fmt`` (``"auto"`` detects it).
+
+    ``trials`` / ``tier`` select Sensorium trials; ``roi_ids_file`` gives a Suite2p folder's
+    ROI ids; ``allow_incomplete`` accepts a session file whose writer was killed.
+    """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown replay format {fmt!r}; expected one of {FORMATS}")
     if fmt == "auto":
         fmt = detect_format(path)
+    if (trials is not None or tier) and fmt != "sensorium":
+        raise ConfigError(f"--trials/--tier select trials of a Sensorium folder; {path} is a {fmt} source")
+    if roi_ids_file and fmt != "suite2p":
+        raise ConfigError(f"--roi-ids gives the ROI ids of a Suite2p folder; {path} is a {fmt} source "
+                          "(its ROI ids come from the file)")
     if fmt == "session":
-        return session_file_source(path, session_id)
+        return session_file_source(path, session_id, allow_incomplete)
     if fmt == "suite2p":
-        return suite2p_source(path, fs, session_id=session_id)
+        return suite2p_source(path, fs, session_id=session_id, roi_ids_file=roi_ids_file, warn=warn)
     if fmt == "sensorium":
-        return SensoriumSource(path, session_id)
+        return SensoriumSource(path, session_id, tier=tier, trials=trials)
     return nwb_source(path, session_id)
+
+
+def check_model_coverage(info: SessionInfo, model_dir: str | Path) -> tuple[int, int]:
+    """Refuse (``ConfigError``) a source that lacks some of the model's neurons.
+
+    Returns (model neurons found in the source, model neurons). The model's neuron ids are
+    read from its folder (``neuron_ids.npy``; the manifest is validated).
+    """
+    from rt_decoder.encoder.manifest import load_model
+
+    ids = np.asarray(load_model(model_dir).neuron_ids, np.int64)
+    present = np.isin(ids, np.asarray(info.roi_ids, np.int64))
+    found = int(present.sum())
+    if found < ids.size:
+        missing = ids[~present]
+        shown = ", ".join(str(int(i)) for i in missing[:8]) + (", ..." if missing.size > 8 else "")
+        hint = (" A Suite2p folder's ROIs are numbered 0..N-1 unless --roi-ids FILE.npy gives their ids."
+                if info.source == "suite2p" else "")
+        raise ConfigError(f"the source's {info.n_rois} ROI ids contain only {found} of the {ids.size} neurons of the "
+                          f"model in {model_dir} (missing ids {shown}): decoding with this model would use the "
+                          f"wrong or no neurons.{hint}")
+    return found, int(ids.size)
 
 
 # ------------------------------------------------------------------------------ replayer
@@ -260,6 +304,7 @@ class ReplaySettings:
     seed: int = 0
     max_frames: int = 0         # stop after this many frames (sent or dropped); 0 = source length (x loops)
     end_session: bool = True    # send session_end at the end
+    send_stimulus: bool = True  # send the true stimulus frame after each frame when the source has it
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.speed <= 1000.0):
@@ -315,6 +360,11 @@ class Replayer:
             self.pub.send_activity(fr.values, frame_index, acq_ns, behaviour=fr.behaviour)
         else:
             self.pub.send_frame(fr.values, frame_index, acq_ns, behaviour=fr.behaviour)
+        # the true stimulus follows its frame, as the virtual rig sends it (for sinks and
+        # recordings; decoders ignore it); frames recorded without one (NaN) send none
+        if (fr.stimulus is not None and self.settings.send_stimulus and hasattr(self.pub, "send_stimulus")
+                and np.isfinite(fr.stimulus).all()):
+            self.pub.send_stimulus(fr.stimulus, frame_index, acq_ns)
 
     def _drop(self) -> None:
         # keep the publisher's sequence numbering honest: a dropped frame is a seq gap, as

@@ -285,3 +285,142 @@ def test_replay_cli_streams_a_suite2p_folder_to_a_subscriber(tmp_path: Path) -> 
     assert len(frames) == 30
     np.testing.assert_array_equal(np.stack([f.values for f in frames]), (F - 0.7 * Fneu)[keep].T.astype(np.float32))
     assert '"frames_sent": 30' in out
+
+
+# ---------------------------------------------------------------------------- real datasets
+
+
+def _sensorium(root: Path, n: int = 7, t: int = 12) -> list[_Trial]:
+    from rt_decoder.io.sensorium import write_dataset
+
+    rng = np.random.default_rng(5)
+    trials = [_Trial(i, rng.uniform(0, 255, (t, 36, 64)).astype(np.float32),
+                     rng.standard_normal((t, 4)).astype(np.float32),
+                     rng.poisson(0.3, (t, n)).astype(np.float32)) for i in range(3)]
+    write_dataset(root, trials, roi_ids=np.arange(n) + 10, tiers=["train", "oracle", "final_test_main"])
+    return trials
+
+
+def test_sensorium_trial_selection_and_frame_count(tmp_path: Path) -> None:
+    trials = _sensorium(tmp_path / "ds")
+    src = open_source(tmp_path / "ds", trials=[2, 0])
+    assert src.trial_ids == [2, 0] and src.n_frames == 24  # type: ignore[attr-defined]
+    envs, _, _ = replay_in_memory(src)
+    np.testing.assert_array_equal(np.stack([f.values for f in frames_of(envs)]),
+                                  np.concatenate([trials[2].spikes, trials[0].spikes]))
+    assert open_source(tmp_path / "ds", tier="oracle").trial_ids == [1]  # type: ignore[attr-defined]
+    assert open_source(tmp_path / "ds").n_frames == 36
+    with pytest.raises(ConfigError, match=r"no trial\(s\) \[9\]"):
+        open_source(tmp_path / "ds", trials=[9])
+    with pytest.raises(ConfigError, match="not in tier 'oracle'"):
+        open_source(tmp_path / "ds", trials=[0], tier="oracle")
+    with pytest.raises(DataFormatError, match="no trials in tier 'live_test_main'"):
+        open_source(tmp_path / "ds", tier="live_test_main")
+    write_suite2p(tmp_path / "s2p")
+    with pytest.raises(ConfigError, match="select trials of a Sensorium folder"):
+        open_source(tmp_path / "s2p", fs=30.0, trials=[0])
+
+
+def test_replay_publishes_the_stimulus_and_the_sink_scores_it(tmp_path: Path) -> None:
+    """Replay carries the true stimulus as the rig does: a sink scores replayed sessions."""
+    from rt_decoder.messages import DecodedFrame
+    from streaming.sink import SinkCollector, SinkSettings
+
+    trials = _sensorium(tmp_path / "ds", t=40)
+    envs, _, _ = replay_in_memory(open_source(tmp_path / "ds", trials=[0, 1]))
+    kinds = [e.kind for e in envs if e.kind in (P.KIND_ACTIVITY, P.KIND_STIMULUS)]
+    assert kinds == [P.KIND_ACTIVITY, P.KIND_STIMULUS] * 80  # each frame, then its stimulus
+    stims = [e.body for e in envs if e.kind == P.KIND_STIMULUS]
+    video = np.concatenate([trials[0].video, trials[1].video])
+    assert [s.frame_index for s in stims] == list(range(80))
+    np.testing.assert_array_equal(np.stack([s.image for s in stims]), video)
+    c = SinkCollector(SinkSettings(skip_frames=10, max_lag_frames=2))
+    for env in envs:
+        c.on_source(env, 0)
+    start = next(e for e in envs if e.kind == P.KIND_SESSION_START)
+    c.on_output(start, 0)
+    for i in range(80):  # a decoder that outputs a noisy copy of the truth
+        img = video[i] + np.random.default_rng(i).normal(0, 30, video[i].shape).astype(np.float32)
+        c.on_output(P.decode(P.encode_decoded(DecodedFrame(i, i, 0, image=img), "x")), 0)
+    m = c.finish().metrics
+    assert m["frames"]["stimulus"] == 80 and m["correlation"]["video_corr"] > 0.8
+    envs, _, _ = replay_in_memory(open_source(tmp_path / "ds"), ReplaySettings(speed=0, send_stimulus=False))
+    assert not any(e.kind == P.KIND_STIMULUS for e in envs)
+
+
+def test_suite2p_roi_ids_and_the_model_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rt_decoder.cli import main
+    from rt_decoder.encoder.synthetic import write_random_model
+    from streaming.replay import check_model_coverage
+
+    write_suite2p(tmp_path / "s2p")  # iscell keeps rows 0, 2, 3, 5
+    model = write_random_model(tmp_path / "model", n_neurons=4)  # neuron ids 1000..1003
+    np.save(tmp_path / "ids.npy", np.array([1000, 9, 1001, 1002, 8, 1003]))
+    src = open_source(tmp_path / "s2p", fs=30.0, roi_ids_file=tmp_path / "ids.npy")
+    assert list(src.info.roi_ids) == [1000, 1001, 1002, 1003]
+    assert check_model_coverage(src.info, model) == (4, 4)
+    np.save(tmp_path / "short.npy", np.array([1, 2]))
+    with pytest.raises(DataFormatError, match="2 ROI ids for 6 ROIs"):
+        open_source(tmp_path / "s2p", fs=30.0, roi_ids_file=tmp_path / "short.npy")
+    # without the ids the ROIs are 0..N-1: the model's neurons are not there, and replay says so
+    argv = ["replay", str(tmp_path / "s2p"), "--fs", "30", "--model", str(model), "--to", "tcp://127.0.0.1:1",
+            "--wait-s", "0"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "contain only 0 of the 4 neurons of the model" in err and "--roi-ids FILE.npy" in err
+
+
+def test_replay_banner_counts_sensorium_frames_and_trials(tmp_path: Path) -> None:
+    _sensorium(tmp_path / "ds")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    proc = subprocess.run([sys.executable, "-m", "rt_decoder.cli", "replay", str(tmp_path / "ds"), "--to", addr,
+                           "--speed", "0", "--wait-s", "0", "--tier", "train"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(7 ROIs, 1 trial(s), 12 frames at 30 Hz, activity, with stimulus)" in proc.stderr
+    assert "-1 frames" not in proc.stderr
+
+
+def test_replayed_sensorium_session_is_scored_by_the_sink(tmp_path: Path) -> None:
+    """rt-decoder replay (a process) sends the stimulus over ZeroMQ as the rig does, so the
+    sink scores the decoded frames against it (here a stand-in decoder: the true frame plus
+    noise). The whole chain replay -> serve -> sink with the demo model: README, replay."""
+    from rt_decoder.messages import DecodedFrame
+    from streaming.sink import SinkCollector, SinkSettings
+    from streaming.transport import StreamSubscriber
+
+    trials = _sensorium(tmp_path / "ds", t=30)
+    true = np.concatenate([trials[1].video, trials[2].video])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    sub = StreamSubscriber(addr)
+    proc = subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", "replay", str(tmp_path / "ds"), "--to", addr,
+                             "--trials", "1,2", "--speed", "0", "--wait-s", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c = SinkCollector(SinkSettings(skip_frames=0, timeout_s=120.0))
+    rng = np.random.default_rng(0)
+    k = 0
+    try:
+        while (env := sub.recv(60_000)) is not None:
+            c.on_source(env, 0)
+            if env.kind == P.KIND_SESSION_START and k == 0:
+                c.on_output(env, 0)
+            if env.kind == P.KIND_ACTIVITY:
+                fi = env.body.frame_index
+                img = true[fi] + rng.normal(0, 30, true[fi].shape).astype(np.float32)
+                c.on_output(P.decode(P.encode_decoded(DecodedFrame(k, fi, 0, image=img), "x")), 0)
+                k += 1
+            if env.kind == P.KIND_SESSION_END:
+                break
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()
+    assert proc.returncode == 0, err
+    m = c.finish().metrics
+    assert k == 60 and m["frames"]["stimulus"] == 60 and m["frames"]["matched"] == 60
+    assert m["correlation"]["video_corr"] > 0.8 and "why_none" not in m["correlation"]

@@ -124,7 +124,7 @@ def test_writer_rejects_bad_tiers_and_counts(rig: VirtualRig, trials: list[Trial
 
 
 def test_writer_refuses_to_overwrite_a_dataset(rig: VirtualRig, trials: list[Trial], dataset: Path) -> None:
-    with pytest.raises(ConfigError, match="already holds a dataset"):
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
         _write(rig, trials, dataset)
     _write(rig, trials, dataset, overwrite=True)
 
@@ -223,8 +223,12 @@ def test_missing_unit_ids_and_videos_are_named(dataset: Path, tmp_path: Path) ->
     (dataset / "meta/neurons/unit_ids.npy").unlink()
     with pytest.raises(DataFormatError, match=r"unit_ids\.npy: missing file"):
         load_dataset(dataset)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(DataFormatError, match=r"data[/\\]videos: missing folder"):
-        load_dataset(tmp_path)
+        load_dataset(tmp_path / "empty")
+    # a folder of animal folders: they are listed
+    with pytest.raises(DataFormatError, match=rf"holds 1 animal folder\(s\): {dataset.name}; pass one of them"):
+        load_dataset(dataset.parent)
     with pytest.raises(DataFormatError, match="not a directory"):
         load_dataset(tmp_path / "nowhere")
 

@@ -89,5 +89,6 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path: Path, capsys: pytest.Capt
     out = tmp_path / "ds"
     assert _run(out, "--responses", "spikes") == 0
     assert _run(out, "--responses", "spikes") == 2
-    assert "already holds a dataset" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "already exists and is not empty; pass --overwrite" in err
     assert _run(out, "--responses", "spikes", "--overwrite") == 0

@@ -7,7 +7,15 @@ INPUT may be
 - a Suite2p plane folder: ``F.npy`` and ``Fneu.npy`` (N, T), deconvolved as
   ``F - 0.7 Fneu``; with ``iscell.npy`` only ROIs classified as cells are kept (unless
   ``--all-rois``); their indices are written beside the output (``OUT.rois.npy``);
-- a plain ``.npy`` array (N, T) of fluorescence (ROIs x frames, Suite2p's layout).
+- a plain ``.npy`` array (N, T) of fluorescence (ROIs x frames, Suite2p's layout); one with
+  fewer frames than ROIs is refused as probably transposed unless ``--input-layout`` says
+  which it is.
+
+Inputs are checked (``rt_decoder.io.inputs``) before anything is written: empty or non-.npy
+files, empty arrays, a Suite2p folder without ``iscell.npy`` (said: every ROI is kept), ROIs
+that are NaN in every frame (warned: written as zeros), an incomplete session file
+(refused unless ``--allow-incomplete``). ``--out`` is refused if it exists (unless
+``--overwrite``) and written under a temporary name, renamed when complete.
 
 OUT.npy is float32, time-major (T, N) like everything in rt-decoder (``--roi-major`` writes
 (N, T)): row t is the activity of frame t as the live stage reads it out ``--lag-frames``
@@ -23,7 +31,7 @@ from pathlib import Path
 
 HELP = "deconvolve a recorded file (session .h5, Suite2p folder, (N, T) .npy) with the online stage"
 
-NEUROPIL_COEFF = 0.7
+NEUROPIL_COEFF = 0.7  # as rt_decoder.io.inputs.NEUROPIL_COEFF
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,44 +50,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-rois", action="store_true", help="Suite2p: keep ROIs that iscell.npy rejects")
     parser.add_argument("--roi-major", action="store_true", help="write (N, T) instead of (T, N)")
     parser.add_argument("--threads", type=int, default=None, help="numba threads (default: numba's)")
+    parser.add_argument("--input-layout", choices=("auto", "rois-by-frames", "frames-by-rois"), default="auto",
+                        help="layout of a .npy INPUT (default auto: (ROIs, frames), refused when it has fewer "
+                             "frames than ROIs)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="accept a session file whose writer was killed (frames flushed before are used)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
 
 
-def _load(path: Path, fs: float | None, all_rois: bool):  # type: ignore[no-untyped-def]
+def _say(msg: str) -> None:
+    print(f"rt-decoder deconvolve: warning: {msg}", file=sys.stderr)
+
+
+def _load(path: Path, fs: float | None, all_rois: bool, layout: str = "auto",
+          allow_incomplete: bool = False):  # type: ignore[no-untyped-def]
     """Return (F (T, N) float32 with NaN rows for missing frames, rows to keep (T_out,),
     frame rate, ROI indices or None)."""
     import numpy as np
 
     from rt_decoder.errors import ConfigError, DataFormatError
-
-    def npy(p: Path) -> np.ndarray:
-        try:
-            return np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise DataFormatError(f"{p}: cannot read as a numeric .npy array ({exc})") from exc
+    from rt_decoder.io.inputs import find_suite2p_plane, load_npy, load_suite2p, orient_rois_by_frames
 
     rois = None
     if path.is_dir():
-        f_path, n_path = path / "F.npy", path / "Fneu.npy"
-        if not f_path.exists() or not n_path.exists():
-            raise DataFormatError(f"{path}: a Suite2p folder needs F.npy and Fneu.npy")
-        F, Fneu = npy(f_path), npy(n_path)
-        if F.ndim != 2 or F.shape != Fneu.shape:
-            raise DataFormatError(f"{path}: F.npy {F.shape} and Fneu.npy {Fneu.shape} must be the same (N, T)")
-        X = (F - NEUROPIL_COEFF * Fneu).astype(np.float32)
-        ic_path = path / "iscell.npy"
-        if ic_path.exists() and not all_rois:
-            ic = npy(ic_path)
-            cells = (ic[:, 0] if ic.ndim == 2 else ic).astype(bool)
-            if cells.shape[0] != X.shape[0]:
-                raise DataFormatError(f"{ic_path}: {cells.shape[0]} entries for {X.shape[0]} ROIs")
-            rois = np.flatnonzero(cells)
-            X = X[rois]
-        X = np.ascontiguousarray(X.T)
+        folder = find_suite2p_plane(path)
+        if folder is None or not (folder / "Fneu.npy").exists():
+            raise DataFormatError(f"{folder or path}: a Suite2p folder needs F.npy and Fneu.npy")
+        plane = load_suite2p(path, only_cells=not all_rois, warn=_say)
+        X = plane.values
+        rois = plane.roi_index if (plane.folder / "iscell.npy").exists() and not all_rois else None
         keep = np.arange(X.shape[0])
     elif path.suffix in (".h5", ".hdf5"):
-        from rt_decoder.io.session_file import read_session
+        from rt_decoder.io.inputs import read_complete_session
 
-        rec = read_session(path)
+        rec = read_complete_session(path, allow_incomplete)
         if rec.info.is_activity:
             raise DataFormatError(f"{path}: the session already holds deconvolved activity (is_activity)")
         fs = rec.info.frame_rate_hz if fs is None else fs
@@ -92,11 +96,11 @@ def _load(path: Path, fs: float | None, all_rois: bool):  # type: ignore[no-unty
         X = np.full((int(keep[-1]) + 1, rec.values.shape[1]), np.nan, np.float32)
         X[keep] = rec.values
     elif path.suffix == ".npy":
-        A = npy(path)
-        if A.ndim != 2 or not np.issubdtype(A.dtype, np.number):
-            raise DataFormatError(f"{path}: expected a numeric (N, T) array, got {A.dtype} {A.shape}")
+        A = orient_rois_by_frames(load_npy(path, "fluorescence (ROIs, frames)"), str(path), layout=layout)
         X = np.ascontiguousarray(A.T, dtype=np.float32)
         keep = np.arange(X.shape[0])
+    elif not path.exists():
+        raise DataFormatError(f"{path}: no such file or folder")
     else:
         raise DataFormatError(f"{path}: not a session .h5, a Suite2p folder or a .npy file")
     if fs is None:
@@ -111,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
 
     from rt_decoder.deconv import DeconvSettings, deconvolve_array
     from rt_decoder.errors import ConfigError
+    from rt_decoder.io.inputs import warn_nan_rois
+    from rt_decoder.io.safe import atomic_files, check_target
 
     if args.threads is not None:
         import numba
@@ -123,15 +129,21 @@ def run(args: argparse.Namespace) -> int:
                                                "tau_rise_s", "penalty", "penalty_sigmas")
                  if getattr(args, k) is not None}
     settings = DeconvSettings.from_dict(overrides)
-    X, keep, fs, rois = _load(args.input, args.fs, args.all_rois)
+    if args.out.suffix != ".npy":
+        raise ConfigError(f"--out must name a .npy file, got {args.out}")
+    rois_path = args.out.with_suffix(".rois.npy")
+    check_target(args.out, overwrite=args.overwrite, kind="file")
+    check_target(rois_path, overwrite=args.overwrite, kind="file")
+    X, keep, fs, rois = _load(args.input, args.fs, args.all_rois, args.input_layout, args.allow_incomplete)
+    warn_nan_rois(X, str(args.input), _say, consequence="their activity is written as zeros")
     t0 = time.perf_counter()
     act = deconvolve_array(X, fs, settings)[keep]
     dt = time.perf_counter() - t0
     out = act.T.copy() if args.roi_major else act
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(args.out, out, allow_pickle=False)
-    if rois is not None:
-        np.save(args.out.with_suffix(".rois.npy"), rois.astype(np.int64), allow_pickle=False)
+    with atomic_files([args.out, rois_path], overwrite=args.overwrite, stale=[rois_path]) as (tmp_out, tmp_rois):
+        np.save(tmp_out, out, allow_pickle=False)
+        if rois is not None:
+            np.save(tmp_rois, rois.astype(np.int64), allow_pickle=False)
     print(f"deconvolved {act.shape[1]} ROIs x {act.shape[0]} frames at {fs:g} Hz "
           f"({settings.model}, lag {settings.lag_frames} frames) in {dt:.2f} s -> {args.out} {out.shape}",
           file=sys.stderr)

@@ -1,11 +1,18 @@
-"""``rt-decoder reconstruct``: the published offline protocol on dataset trials."""
+"""``rt-decoder reconstruct``: the published offline protocol on dataset trials.
+
+Output safety (``rt_decoder.io.safe``): ``--out`` (and ``--nwb``) are checked before any
+work (``--overwrite`` to replace them); the folder is written under a temporary name and
+renamed when every trial is done. On Ctrl-C the previous ``--out`` is left as it was and
+the trials finished so far are kept in ``<out>.incomplete/`` (marked incomplete).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict, replace
-from pathlib import Path
+from typing import Any
 
 HELP = "Reconstruct dataset trials offline with the published protocol (ensemble, windows, blur)."
 
@@ -35,21 +42,62 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --neuron-fraction")
     p.add_argument("--no-figures", action="store_true", help="skip the GIF and PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nwb", default=None, metavar="OUT.nwb",
+                   help="also write the reconstructions as an NWB file (ImageSeries per trial; needs pynwb)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out (and --nwb file)")
+
+
+def parse_trial_ids(text: str, ds: Any) -> list[int]:
+    """``"3,4,7"`` -> [3, 4, 7], each a trial of ``ds`` (``ConfigError`` naming a bad one)."""
+    from rt_decoder.errors import ConfigError
+
+    ids = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise ConfigError(f"--trials: {part.strip()!r} is not a trial id (expected e.g. --trials 3,4,7)") from None
+    missing = [t for t in ids if t not in ds.tiers]
+    if missing:
+        raise ConfigError(f"--trials: no trial(s) {missing} in {ds.root} (it has trials {ds.trial_ids[0]}.."
+                          f"{ds.trial_ids[-1]})")
+    return ids
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    from tqdm import tqdm
 
     from rt_decoder.errors import ConfigError
+    from rt_decoder.io.safe import check_target
     from rt_decoder.io.sensorium import load_dataset
     from rt_decoder.recon.offline import OfflineSettings
     from rt_decoder.recon.optim import OptimSettings
     from rt_decoder.recon.runner import (check_neurons, load_amortised, neuron_subset_weights, open_model,
-                                         reconstruct_trial, summarise, training_trials_among, write_trial_outputs)
+                                         training_trials_among)
 
+    check_target(args.out, overwrite=args.overwrite)
+    if not args.no_figures:  # fail before an hour of work, not after it
+        import importlib.util
+
+        from rt_decoder.errors import BackendUnavailableError
+
+        missing = [m for m in ("matplotlib", "imageio") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise BackendUnavailableError(f"the figures need {' and '.join(missing)} (runtime dependencies of "
+                                          "rt-decoder: reinstall it), or pass --no-figures")
+    if args.nwb:
+        from rt_decoder.io.nwb import require_pynwb
+
+        check_target(args.nwb, overwrite=args.overwrite, kind="file")
+        require_pynwb()
+    if args.backend == "torch":
+        from rt_decoder.commands.train import require_torch
+
+        require_torch("--backend torch")
     ds = load_dataset(args.data)
-    ids = [int(t) for t in args.trials.split(",") if t.strip()] if args.trials else ds.trials(args.tier)
+    ids = parse_trial_ids(args.trials, ds) if args.trials else ds.trials(args.tier)
     if not ids:
         raise ConfigError(f"no trials selected (tier {args.tier!r} is empty in {args.data})")
     if args.max_trials > 0:
@@ -74,24 +122,48 @@ def run(args: argparse.Namespace) -> int:
     weights = None
     if args.neuron_fraction < 1.0:
         weights = neuron_subset_weights(ds.n_neurons, args.neuron_fraction, np.random.default_rng(args.seed))
-    out = Path(args.out)
+    try:
+        return _run(args, ds, ids, opened, settings, weights, amortised, seen)
+    except KeyboardInterrupt:
+        print(f"rt-decoder reconstruct: interrupted; {args.out} is as it was, the trials finished so far are in "
+              f"{str(args.out).rstrip('/')}.incomplete (marked incomplete)", file=sys.stderr)
+        raise
+
+
+def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, settings: Any, weights: Any,
+         amortised: Any, seen: list[int]) -> int:
+    from tqdm import tqdm
+
+    from rt_decoder.io.safe import atomic_dir
+    from rt_decoder.recon.runner import reconstruct_trial, summarise, write_trial_outputs
+
     results = []
-    total = len(ids) * len(opened.encoders) * args.iterations
-    with tqdm(total=total, desc="reconstruct", unit="it", disable=args.no_progress) as bar:
+    truths = []
+    total = len(ids) * len(opened.encoders) * settings.iterations
+    with atomic_dir(args.out, overwrite=args.overwrite, what="reconstruction (rt-decoder reconstruct)",
+                    keep_partial=True) as out, \
+            tqdm(total=total, desc="reconstruct", unit="it", disable=args.no_progress) as bar:
         for tid in ids:
             trial = ds.trial(tid)
             res = reconstruct_trial(opened, trial, settings, neuron_weights=weights, progress=bar.update,
                                     amortised=amortised)
             write_trial_outputs(out, res, trial.video, figures=not args.no_figures)
             results.append(res)
+            truths.append(trial.video)
             bar.write(f"trial {tid}: video_corr={res.metrics['video_corr']:.3f} "
                       f"(members {', '.join(f'{c:.3f}' for c in res.metrics['member_video_corr'])})")
-    summary = summarise(results)
-    summary.update(model=str(args.model), data=str(args.data), members=len(opened.encoders),
-                   iterations=settings.iterations, neuron_fraction=args.neuron_fraction, backend=args.backend,
-                   amortised_start=amortised is not None, training_trials_scored=seen,
-                   settings=asdict(settings))
-    (out / "metrics.json").write_text(json.dumps({"summary": summary, "trials": [r.metrics for r in results]},
-                                                 indent=2))
+        summary = summarise(results)
+        summary.update(model=str(args.model), data=str(args.data), members=len(opened.encoders),
+                       iterations=settings.iterations, neuron_fraction=args.neuron_fraction, backend=args.backend,
+                       amortised_start=amortised is not None, training_trials_scored=seen,
+                       settings=asdict(settings))
+        (out / "metrics.json").write_text(json.dumps({"summary": summary, "trials": [r.metrics for r in results]},
+                                                     indent=2))
+        if args.nwb:
+            from rt_decoder.io.nwb import write_reconstructions_nwb
+
+            write_reconstructions_nwb(args.nwb, results, truths, frame_rate_hz=ds.frame_rate_hz,
+                                      model_dir=str(args.model), settings=summary, source=str(args.data),
+                                      overwrite=args.overwrite)
     print(json.dumps(summary, indent=2))
     return 0

@@ -27,6 +27,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wait up to this long for a first subscriber before the first frame")
     parser.add_argument("--curve-client-key", default="", metavar="FILE", help="CURVE: our secret key file")
     parser.add_argument("--curve-server-key", default="", metavar="FILE", help="CURVE: the service's public key file")
+    parser.add_argument("--trials", default="", metavar="IDS",
+                        help="Sensorium folder: replay these trial ids, in this order (e.g. 30,31)")
+    parser.add_argument("--tier", default=None,
+                        help="Sensorium folder: replay the trials of this tier (e.g. final_test_main)")
+    parser.add_argument("--roi-ids", default=None, metavar="FILE.npy",
+                        help="Suite2p folder: the ROI ids, one per row of F.npy (default 0..N-1)")
+    parser.add_argument("--model", default=None, metavar="DIR",
+                        help="check that the source holds every neuron of this model (refuse otherwise)")
+    parser.add_argument("--no-stimulus", action="store_true",
+                        help="do not send the true stimulus frames (sent when the source has them)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="replay a session file whose writer was killed (the frames flushed before)")
+
+
+def _trial_ids(text: str) -> list[int] | None:
+    from rt_decoder.errors import ConfigError
+
+    if not text.strip():
+        return None
+    out = []
+    for part in text.split(","):
+        if part.strip():
+            try:
+                out.append(int(part))
+            except ValueError:
+                raise ConfigError(f"--trials: {part.strip()!r} is not a trial id (e.g. --trials 30,31)") from None
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,12 +62,19 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from streaming.config import check_address
-    from streaming.replay import ReplaySettings, Replayer, make_publisher, open_source, stats_json
+    from streaming.replay import (ReplaySettings, Replayer, check_model_coverage, make_publisher, open_source,
+                                  stats_json)
 
     check_address(args.to, allow_non_loopback=args.allow_non_loopback, what="--to")
     settings = ReplaySettings(speed=args.speed, loop=args.loop, jitter_ms=args.jitter_ms, drop_rate=args.drop_rate,
-                              seed=args.seed, max_frames=args.max_frames)
-    source = open_source(args.source, fmt=args.format, fs=args.fs, session_id=args.session_id)
+                              seed=args.seed, max_frames=args.max_frames, send_stimulus=not args.no_stimulus)
+    source = open_source(args.source, fmt=args.format, fs=args.fs, session_id=args.session_id,
+                         trials=_trial_ids(args.trials), tier=args.tier, roi_ids_file=args.roi_ids,
+                         allow_incomplete=args.allow_incomplete,
+                         warn=lambda m: print(f"rt-decoder replay: warning: {m}", file=sys.stderr))
+    if args.model:
+        _, total = check_model_coverage(source.info, args.model)
+        print(f"rt-decoder replay: the source holds all {total} neurons of the model in {args.model}", file=sys.stderr)
     pub = make_publisher(args.to, source.info, bind=not args.connect, curve_client_key_file=args.curve_client_key,
                          curve_server_key_file=args.curve_server_key)
     stop = {"flag": False}
@@ -50,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    print(f"rt-decoder replay: {args.source} ({source.info.n_rois} ROIs, {source.n_frames} frames at "
-          f"{source.info.frame_rate_hz:g} Hz{', activity' if source.info.is_activity else ''}) -> {args.to}",
+    trials = getattr(source, "trial_ids", None)
+    what = f"{len(trials)} trial(s), " if trials is not None else ""
+    stim = ", with stimulus" if source.info.stimulus_shape and not args.no_stimulus else ""
+    print(f"rt-decoder replay: {args.source} ({source.info.n_rois} ROIs, {what}{source.n_frames} frames at "
+          f"{source.info.frame_rate_hz:g} Hz{', activity' if source.info.is_activity else ''}{stim}) -> {args.to}",
           file=sys.stderr)
     if not pub.wait_for_subscribers(1, timeout_s=max(args.wait_s, 0.0)):
         print("rt-decoder replay: no subscriber yet; replaying anyway", file=sys.stderr)

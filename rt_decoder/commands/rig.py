@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=0, help="stop after this many frames (default 0: until Ctrl-C)")
     p.add_argument("--rate-hz", type=float, default=30.0, help="frame rate (default 30)")
     p.add_argument("--record", metavar="FILE", help="also record what is sent to this session file (HDF5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --record file")
     p.add_argument("--session-id", default="", help="session id (default: rig-<random>)")
     p.add_argument("--no-stimulus", action="store_true", help="do not send the true stimulus frames")
     p.add_argument("--wait-subscribers", type=int, default=0, metavar="K",
@@ -310,6 +311,11 @@ def run(args: argparse.Namespace) -> int:
     if not (0 < args.rate_hz <= 10_000):
         raise ConfigError(f"--rate-hz must be in (0, 10000], got {args.rate_hz}")
     trial_plan(args.trials, args.heldout, args.n_trials)  # validate before starting anything
+    if args.record:
+        from rt_decoder.io.safe import check_target
+
+        # a live recording is marked complete when closed (not renamed: readers may follow it)
+        check_target(args.record, overwrite=args.overwrite, kind="file")
     sid = args.session_id or f"rig-{uuid.uuid4().hex[:8]}"
 
     stop = {"flag": False}

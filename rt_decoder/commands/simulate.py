@@ -1,5 +1,8 @@
 """``rt-decoder simulate``: write a virtual-rig session as a Sensorium-layout dataset.
 
+The dataset is written under a temporary name beside ``--out`` and renamed when complete
+(``rt_decoder.io.safe``): Ctrl-C leaves an older dataset in ``--out`` as it was.
+
 Responses (``data/responses``): with ``--responses auto`` (default) the online
 deconvolution stage (``rt_decoder.deconv.deconvolve_array``) is applied to each trial's raw
 fluorescence when that module can be imported, else the ground-truth spike counts are
@@ -31,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--responses", choices=("auto", "deconv", "spikes"), default="auto",
                         help="what to write as responses: deconvolved fluorescence (rt_decoder.deconv), "
                              "ground-truth spikes, or auto = deconv if available else spikes (default auto)")
-    parser.add_argument("--overwrite", action="store_true", help="write into a folder that already has a dataset")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing non-empty --out folder (as a whole, once the new one is complete)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -60,9 +64,11 @@ def _responses_fn(choice: str):  # type: ignore[no-untyped-def]
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from rt_decoder.io.safe import check_target
     from rt_decoder.io.sensorium import assign_tiers, write_dataset
     from rt_decoder.sim import RigConfig, VirtualRig
 
+    check_target(args.out, overwrite=args.overwrite)  # before any work; written atomically below
     config = RigConfig(n_neurons=args.neurons, seed=args.seed, indicator=args.indicator,
                        trial_frames=args.frames, n_trials=args.trials)
     tiers = assign_tiers(args.trials, validation_fraction=args.validation_fraction,

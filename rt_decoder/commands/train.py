@@ -1,10 +1,18 @@
-"""``rt-decoder train``: fit an encoder ensemble on a Sensorium-layout dataset."""
+"""``rt-decoder train``: fit an encoder ensemble on a Sensorium-layout dataset.
+
+Needs PyTorch (``pip install 'rt-decoder[train]'``); without it the command says so. The
+output folder is checked first (``--overwrite`` to replace a non-empty one), then the
+dataset, and only then is anything written: the model (``train.log`` included) is
+written under a temporary name beside ``--out`` and renamed when complete, so Ctrl-C
+leaves an older model in ``--out`` as it was.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 HELP = "train the encoder ensemble on a Sensorium-layout dataset and write a model directory"
 
@@ -21,36 +29,78 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-frames", type=int, default=0, help="also export live graphs of this many frames")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--no-export", action="store_true", help="do not write ONNX graphs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing non-empty --out folder (replaced as a whole when training is done)")
+
+
+def require_torch(what: str) -> None:
+    """Raise ``BackendUnavailableError`` (a message, not a traceback) when PyTorch is missing."""
+    from rt_decoder.errors import BackendUnavailableError
+
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"{what} needs PyTorch, which is not installed here ({exc}); install the training extra: "
+            "pip install 'rt-decoder[train]' (decoding, replay and the service do not need it)") from None
+
+
+def check_training_data(data: str, val_fraction: float):  # type: ignore[no-untyped-def]
+    """Open the dataset and check it has what training needs (train trials, validation)."""
+    from rt_decoder.errors import DataFormatError
+    from rt_decoder.io.sensorium import load_dataset
+
+    ds = load_dataset(data)
+    tiers = [ds.tiers[i] for i in ds.trial_ids]
+    n_train = tiers.count("train")
+    if n_train == 0:
+        raise DataFormatError(f"{data}: no trials in tier 'train' (tiers found: {sorted(set(tiers))})")
+    every = max(2, int(round(1.0 / val_fraction)))
+    if "oracle" not in tiers and n_train < every:
+        raise DataFormatError(f"{data}: no validation trials: training needs an 'oracle' tier or >= {every} "
+                              f"'train' trials (every {every}th validates), and the dataset has {n_train} "
+                              "train trials and no oracle tier")
+    return ds
 
 
 def run(args: argparse.Namespace) -> int:
+    from rt_decoder.encoder.config import TrainConfig
+    from rt_decoder.io.safe import atomic_dir, check_target
+
+    require_torch("rt-decoder train")
     import torch
 
+    final = check_target(args.out, overwrite=args.overwrite)
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("patience_epochs", args.patience),
+                                   ("max_minutes", args.max_minutes)) if v is not None}
+    cfg = TrainConfig(**overrides)
+    check_training_data(args.data, cfg.val_fraction)
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(final, overwrite=args.overwrite, what="model (rt-decoder train)") as out:
+        rc = _logged(args, out, cfg)
+    print(f"wrote {final}")
+    return rc
+
+
+def _logged(args: argparse.Namespace, out: Path, cfg: Any) -> int:
     handler = logging.FileHandler(out / "train.log", mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("rt_decoder.encoder.train")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        return _train(args, out, logger)
+        return _train(args, out, logger, cfg)
     finally:
         logger.removeHandler(handler)
         handler.close()
 
 
-def _train(args: argparse.Namespace, out: Path, logger: logging.Logger) -> int:
+def _train(args: argparse.Namespace, out: Path, logger: logging.Logger, cfg: Any) -> int:
     from tqdm import tqdm
 
-    from rt_decoder.encoder.config import TrainConfig
     from rt_decoder.encoder.export import export_model
     from rt_decoder.encoder.train import load_split, train_model
 
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("patience_epochs", args.patience),
-                                   ("max_minutes", args.max_minutes)) if v is not None}
-    cfg = TrainConfig(**overrides)
     split = load_split(args.data, cfg.val_fraction)
     bar = tqdm(total=args.ensemble * cfg.epochs, desc="train", unit="epoch")
 
@@ -68,5 +118,4 @@ def _train(args: argparse.Namespace, out: Path, logger: logging.Logger) -> int:
           f"({t['responses_source']}) in {t['train_seconds']:.0f} s")
     print(f"held-out correlation ({t['heldout_split']}): members {[round(c, 3) for c in t['heldout_corr_members']]}, "
           f"ensemble {t['heldout_corr_ensemble']:.3f}; ceiling {t['ceiling_corr']}")
-    print(f"wrote {out}")
     return 0

@@ -201,6 +201,17 @@ class EncoderModel:
         return self.manifest.members[k].weights_sha256
 
 
+def _refuse_incomplete(root: Path) -> None:
+    """A model folder whose writer (train/export) was killed carries an INCOMPLETE marker."""
+    from rt_decoder.errors import DataFormatError
+    from rt_decoder.io.safe import check_complete
+
+    try:
+        check_complete(root, "model")
+    except DataFormatError as exc:
+        raise ModelError(str(exc)) from None
+
+
 def load_model(root: str | Path, *, expected_neurons: int | None = None) -> EncoderModel:
     """Load and validate a model directory.
 
@@ -216,6 +227,7 @@ def load_model(root: str | Path, *, expected_neurons: int | None = None) -> Enco
         neuron count mismatch, weights that do not match their recorded hash).
     """
     root = Path(root)
+    _refuse_incomplete(root)
     mpath = root / MANIFEST
     if not mpath.is_file():
         raise ModelError(f"{mpath}: no manifest (is {root} a model directory?)")

@@ -110,7 +110,7 @@ def load_split(data_dir: str | Path, val_fraction: float = 0.2) -> DataSplit:
         h.update(arr.video.tobytes())
         trials[part].append(arr)
     if not trials["val"]:
-        raise DataFormatError(f"{data_dir}: no validation trials (need an 'oracle' tier or enough 'train' trials that every k-th one, k = 1 / val_fraction, can validate)")
+        raise DataFormatError(f"{data_dir}: no validation trials (need an 'oracle' tier or >= {k} train trials)")
     meta = ds.meta if isinstance(ds.meta, dict) else {}
     fr = float(meta.get("frame_rate_hz", meta.get("config", {}).get("frame_rate_hz", 30.0))) if meta else 30.0
     source = str(meta.get("responses_source", "unknown (dataset responses)")) if meta else "dataset responses"

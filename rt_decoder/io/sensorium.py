@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 
 from rt_decoder.errors import ConfigError, DataFormatError, ShapeMismatchError
+from rt_decoder.io.inputs import dataset_folders_inside, load_npy
+from rt_decoder.io.safe import atomic_dir, check_complete
 from rt_decoder.messages import N_BEHAVIOUR
 
 TIER_NAMES: tuple[str, ...] = (
@@ -128,8 +130,10 @@ def write_dataset(root: str | Path, trials: Iterable[Any], *, roi_ids: np.ndarra
     Parameters
     ----------
     root : path
-        Output folder (the "animal" folder). Must not already hold a dataset unless
-        ``overwrite`` (then trial files are replaced; stale ones are not removed).
+        Output folder (the "animal" folder). Must be absent or empty unless ``overwrite``.
+        Written under a temporary name beside it and renamed when complete
+        (``rt_decoder.io.safe.atomic_dir``): an interrupted write leaves the old folder as
+        it was (or, if the process is killed, a temporary folder marked incomplete).
     trials : iterable of Trial-like
         Objects with ``trial_id`` (int >= 0), ``video`` (T, H, W) 0..255, ``behaviour``
         (T, 4) in ``BEHAVIOUR_FIELDS`` order, and optionally ``fluorescence``, ``spikes``,
@@ -151,13 +155,27 @@ def write_dataset(root: str | Path, trials: Iterable[Any], *, roi_ids: np.ndarra
         Written as ``meta/neurons/cell_motor_coordinates.npy``.
     neuron_params : ndarray, shape (N,), optional
         Structured or float array of per-neuron ground truth -> ``meta/neurons/rf_params.npy``.
+    overwrite : bool
+        Replace an existing non-empty ``root`` (as a whole: no stale files survive).
 
     Returns
     -------
     pathlib.Path
         ``root``.
     """
-    root = Path(root)
+    with atomic_dir(root, overwrite=overwrite, what="dataset (write_dataset)") as tmp:
+        _write_dataset_into(tmp, trials, roi_ids=roi_ids, roi_centres_px=roi_centres_px, tiers=tiers,
+                            responses_fn=responses_fn, extra_meta=extra_meta, frame_rate_hz=frame_rate_hz,
+                            cell_motor_coordinates_um=cell_motor_coordinates_um, neuron_params=neuron_params)
+    return Path(root)
+
+
+def _write_dataset_into(root: Path, trials: Iterable[Any], *, roi_ids: np.ndarray,
+                        roi_centres_px: np.ndarray | None, tiers: Sequence[str],
+                        responses_fn: ResponsesFn | None, extra_meta: Mapping[str, Any] | None,
+                        frame_rate_hz: float, cell_motor_coordinates_um: np.ndarray | None,
+                        neuron_params: np.ndarray | None) -> None:
+    """The body of ``write_dataset``, into a folder that is known to be new and empty."""
     roi_ids = np.asarray(roi_ids, dtype=np.int64).reshape(-1)
     n = int(roi_ids.size)
     if n < 1:
@@ -166,9 +184,6 @@ def write_dataset(root: str | Path, trials: Iterable[Any], *, roi_ids: np.ndarra
     bad = sorted({t for t in tiers if t not in TIER_NAMES})
     if bad:
         raise ConfigError(f"unknown tier name(s) {bad}; allowed: {list(TIER_NAMES)}")
-    if (root / "data").exists() and any((root / "data").iterdir()) and not overwrite:
-        raise ConfigError(f"{root} already holds a dataset (data/ is not empty); choose another --out "
-                          "or pass overwrite=True")
     for arr, name, shape in ((roi_centres_px, "roi_centres_px", (n, 2)),
                              (cell_motor_coordinates_um, "cell_motor_coordinates_um", (n, 3))):
         if arr is not None and np.shape(arr) != shape:
@@ -279,7 +294,6 @@ def write_dataset(root: str | Path, trials: Iterable[Any], *, roi_ids: np.ndarra
         folder = root / "data" / key
         if folder.exists() and not any(folder.iterdir()):
             folder.rmdir()
-    return root
 
 
 def assign_tiers(n_trials: int, *, validation_fraction: float = 0.1, test_fraction: float = 0.1,
@@ -308,19 +322,7 @@ def assign_tiers(n_trials: int, *, validation_fraction: float = 0.1, test_fracti
 def _load(path: Path, what: str) -> np.ndarray:
     if not path.is_file():
         raise DataFormatError(f"{path}: missing file ({what})")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except ValueError as exc:
-        if "allow_pickle" in str(exc):
-            raise DataFormatError(f"{path}: holds a pickled object array ({what}); rt-decoder never unpickles "
-                                  "files. Convert it to a plain array (e.g. np.save(path, arr.astype(str)))"
-                                  ) from exc
-        raise DataFormatError(f"{path}: not a readable .npy file ({what}): {exc}") from exc
-    except (OSError, EOFError) as exc:
-        raise DataFormatError(f"{path}: not a readable .npy file ({what}): {exc}") from exc
-    if not isinstance(arr, np.ndarray):
-        raise DataFormatError(f"{path}: expected one .npy array ({what}), got {type(arr).__name__}")
-    return arr
+    return load_npy(path, what)
 
 
 def _check_numeric(arr: np.ndarray, path: Path, what: str) -> None:
@@ -372,9 +374,19 @@ class SensoriumDataset:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataFormatError(f"{self.root}: not a directory (expected a Sensorium-layout dataset)")
+        check_complete(self.root, "dataset")
         videos = self.root / "data" / "videos"
         if not videos.is_dir():
-            raise DataFormatError(f"{videos}: missing folder (no trial videos)")
+            inside = dataset_folders_inside(self.root)
+            if inside:
+                raise DataFormatError(
+                    f"{self.root} is not one dataset but holds {len(inside)} animal folder(s): "
+                    f"{', '.join(inside)}; pass one of them, e.g. {self.root / inside[0]}")
+            raise DataFormatError(f"{videos}: missing folder (no trial videos; is {self.root} a Sensorium-layout "
+                                  "dataset folder, with data/ and meta/?)")
+        if not (self.root / "meta").is_dir():
+            raise DataFormatError(f"{self.root / 'meta'}: missing folder (the dataset is incomplete: "
+                                  "its writer was stopped before the end?)")
         ids = []
         for p in videos.iterdir():
             m = _TRIAL_FILE.match(p.name)
@@ -462,8 +474,10 @@ class SensoriumDataset:
         if arr.ndim != 2:
             raise DataFormatError(f"{path}: expected shape (N, T), got {arr.shape} (wrong shape)")
         if arr.shape[0] != self.n_neurons:
+            hint = (" (it looks transposed: (T, N) given, Sensorium stores (N, T))"
+                    if arr.shape[1] == self.n_neurons else "")
             raise DataFormatError(f"{path}: has {arr.shape[0]} neurons but unit_ids.npy lists "
-                                  f"{self.n_neurons} (N mismatch)")
+                                  f"{self.n_neurons} (N mismatch){hint}")
         if arr.shape[1] < t:
             raise DataFormatError(f"{path}: has {arr.shape[1]} frames but the video has {t} (too short)")
         out = np.ascontiguousarray(arr[:, :t].T, dtype=np.float32)
