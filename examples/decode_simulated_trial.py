@@ -1,8 +1,8 @@
 """Decode a held-out trial of the virtual rig with the shipped demo model, from Python.
 
 Run from anywhere: ``python examples/decode_simulated_trial.py [OUT_DIR] [--iterations N]``.
-It simulates trial 30 of the default virtual rig (8,000 neurons, seed 0: the demo model was
-made from trials 0..29 of that rig, so trial 30 is held out), reconstructs its movie from
+It simulates trial 300 of the default virtual rig (8,000 neurons, seed 0: the demo model was
+made from trials 0..299 of that rig, so trial 300 is held out), reconstructs its movie from
 the deconvolved responses and prints the video correlation with the true movie.
 """
 
@@ -26,15 +26,15 @@ def main() -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rt-decoder-example-"))
 
     model = rt_decoder.load_model()  # the shipped demo ensemble
-    ds = rt_decoder.simulate(out / "sim", neurons=model.neuron_ids.size, trials=[30], seed=0, overwrite=True)
-    trial = ds.trial(30)
+    ds = rt_decoder.simulate(out / "sim", neurons=model.neuron_ids.size, trials=[300], seed=0, overwrite=True)
+    trial = ds.trial(300)
     rec = rt_decoder.reconstruct(trial.responses, trial.behaviour, model=model, truth=trial.video,
                                  iterations=args.iterations, members=args.members)
-    np.save(out / "trial30_reconstruction.npy", rec.video)
-    print(f"trial 30: {trial.n_frames} frames, {ds.n_neurons} neurons; reconstructed with "
+    np.save(out / "trial300_reconstruction.npy", rec.video)
+    print(f"trial 300: {trial.n_frames} frames, {ds.n_neurons} neurons; reconstructed with "
           f"{len(rec.members)} member(s), {args.iterations} iterations")
     print(f"video correlation (evaluation mask, first 30 frames excluded): {rec.metrics['video_corr']:.3f}")
-    print(f"wrote {out / 'trial30_reconstruction.npy'} {rec.video.shape}")
+    print(f"wrote {out / 'trial300_reconstruction.npy'} {rec.video.shape}")
     return 0
 
 

@@ -4,8 +4,8 @@
 
     import rt_decoder
 
-    ds = rt_decoder.simulate("sim", neurons=8000, trials=[30], seed=0)   # a dataset on disk
-    trial = ds.trial(30)
+    ds = rt_decoder.simulate("sim", neurons=8000, trials=[300], seed=0)   # a dataset on disk
+    trial = ds.trial(300)
     rec = rt_decoder.reconstruct(trial.responses, trial.behaviour, truth=trial.video, iterations=50)
     rec.video, rec.metrics["video_corr"]
     activity = rt_decoder.deconvolve(fluorescence, fs=30.0)              # (T, N) -> (T, N)
@@ -90,8 +90,8 @@ def simulate(out: str | Path, *, neurons: int = 8000, trials: int | Sequence[int
         Population size (1..100,000).
     trials : int or sequence of int
         How many trials (ids 0..trials-1), or which trial ids. A trial's content depends
-        only on ``seed`` and its id: the shipped demo model was made from trials 0..29 of
-        seed 0, 8,000 neurons (trained on 24 of them), so trials >= 30 are held out from it.
+        only on ``seed`` and its id: the shipped demo model was made from trials 0..299 of
+        seed 0, 8,000 neurons (trained on 240 of them), so trials >= 300 are held out from it.
     seed : int
         Seed of the population and every trial.
     frames : int

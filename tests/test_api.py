@@ -100,7 +100,7 @@ def test_example_script_runs_from_any_directory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     corr = float(re.search(r"video correlation .*: (-?[0-9.]+)", proc.stdout).group(1))  # type: ignore[union-attr]
     assert 0.1 < corr < 1.0  # the held-out trial's movie is decoded (README: ~0.4 for one member)
-    assert np.load(tmp_path / "out" / "trial30_reconstruction.npy").shape == (300, 36, 64)
+    assert np.load(tmp_path / "out" / "trial300_reconstruction.npy").shape == (300, 36, 64)
 
 
 def test_readme_python_snippets_run_as_written_from_another_directory(tmp_path: Path) -> None:

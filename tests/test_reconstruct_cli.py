@@ -69,3 +69,17 @@ def test_a_dataset_from_another_rig_seed_is_not_the_training_data(data_and_model
     assert training_trials_among(m, {"rig_config": {"seed": seed}}, [1, 7, 8]) == [1, 7]
     assert training_trials_among(m, {"rig_config": {"seed": seed + 1}}, [1, 7, 8]) == []
     assert training_trials_among(m, {}, [1, 9]) == [1]
+
+
+def test_simulate_first_trial_writes_held_out_ids(tmp_path: Path) -> None:
+    from rt_decoder.io.sensorium import load_dataset
+    from rt_decoder.sim import RigConfig, VirtualRig
+
+    out = tmp_path / "heldout"
+    subprocess.run(CLI + ["simulate", "--out", str(out), "--neurons", "20", "--trials", "2", "--frames", "40",
+                          "--seed", "3", "--first-trial", "5", "--responses", "spikes", "--no-progress"],
+                   check=True, timeout=300)
+    ds = load_dataset(out)
+    assert list(ds.trial_ids) == [5, 6] and ds.trials("final_test_main") == [5, 6]
+    rig = VirtualRig(RigConfig(n_neurons=20, seed=3, trial_frames=40))
+    np.testing.assert_allclose(ds.trial(6).video, rig.trial(6).video[:40], atol=1e-4)

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (the dataset's animal folder)")
     parser.add_argument("--neurons", type=int, default=8000, help="number of neurons, 1..100000 (default 8000)")
     parser.add_argument("--trials", type=int, default=20, help="number of 10 s trials (default 20)")
+    parser.add_argument("--first-trial", type=int, default=0,
+                        help="id of the first trial (default 0): trials FIRST .. FIRST+TRIALS-1. A trial's content "
+                             "depends only on --seed and its id, so e.g. --first-trial 300 gives trials the shipped "
+                             "demo model (trained on ids 0..299 of seed 0) never saw; they all go to tier "
+                             "final_test_main")
     parser.add_argument("--seed", type=int, default=0, help="seed of the population and all trials (default 0)")
     parser.add_argument("--indicator", default="GCaMP6s", choices=("GCaMP6s", "GCaMP8m"),
                         help="calcium indicator preset (default GCaMP6s)")
@@ -71,12 +76,17 @@ def run(args: argparse.Namespace) -> int:
     check_target(args.out, overwrite=args.overwrite)  # before any work; written atomically below
     config = RigConfig(n_neurons=args.neurons, seed=args.seed, indicator=args.indicator,
                        trial_frames=args.frames, n_trials=args.trials)
-    tiers = assign_tiers(args.trials, validation_fraction=args.validation_fraction,
-                         test_fraction=args.test_fraction, seed=args.seed)
+    if args.first_trial < 0:
+        from rt_decoder.errors import ConfigError
+
+        raise ConfigError(f"--first-trial must be >= 0, got {args.first_trial}")
+    tiers = (assign_tiers(args.trials, validation_fraction=args.validation_fraction,
+                          test_fraction=args.test_fraction, seed=args.seed)
+             if args.first_trial == 0 else ["final_test_main"] * args.trials)
     responses_fn = _responses_fn(args.responses)
     t0 = time.perf_counter()
     rig = VirtualRig(config)
-    trials = (rig.trial(i) for i in range(args.trials))
+    trials = (rig.trial(i) for i in range(args.first_trial, args.first_trial + args.trials))
     progress = tqdm(trials, total=args.trials, desc="simulate", unit="trial", disable=args.no_progress,
                     file=sys.stderr)
     write_dataset(args.out, progress, roi_ids=rig.roi_ids, roi_centres_px=rig.roi_centres_px, tiers=tiers,
