@@ -48,6 +48,10 @@ from rt_decoder.recon.optim import (
 
 WARM_STARTS = ("previous", "grey")
 
+#: The live step rule's defaults (the service's ``[reconstruction]`` defaults are the same),
+#: chosen on validation trials (``python -m benchmarks.quality --sweep``).
+LIVE_OPTIM_DEFAULTS: dict[str, Any] = {"learning_rate_px": 100.0, "smooth_sigma_px": 2.0, "smooth_sigma_frames": 1.0}
+
 
 @dataclass(frozen=True)
 class LiveSettings:
@@ -90,7 +94,7 @@ class LiveSettings:
     blur_sigma_frames: float = 1.0
     target_ramp_frames: int = 0
     amortised_start: bool = True
-    optim: OptimSettings = field(default_factory=OptimSettings)
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(**LIVE_OPTIM_DEFAULTS))
 
     def __post_init__(self) -> None:
         if not (0 <= self.target_ramp_frames <= 1024):

@@ -70,10 +70,11 @@ class OptimSettings:
         its former L2 norm, so the optimiser moves only along smooth directions (the
         encoder's input gradient carries aliasing energy from its space-to-depth layers that
         no stimulus has; see README "Reconstruction"). 0 = off (the published rule)
-    decay_iterations : step-size decay: the step of a frame's t-th iteration is multiplied by
-        d / (d + t) with d = decay_iterations, so the path a pixel can travel grows only
-        logarithmically and long runs settle instead of wandering into the noise of
-        single-trial responses (normalised steps never shrink on their own). 0 = off (published)
+    decay_iterations, decay_power : step-size decay: the step of a frame's t-th iteration is
+        multiplied by (d / (d + t)) ** p with d = decay_iterations, p = decay_power. With p = 2
+        the whole path a pixel can travel is bounded (about lr x d unit steps), so long runs
+        settle instead of wandering into the noise of single-trial responses (normalised
+        steps never shrink on their own). d = 0: off (published)
     """
 
     learning_rate_px: float = 1000.0
@@ -85,8 +86,11 @@ class OptimSettings:
     smooth_sigma_px: float = 0.0
     smooth_sigma_frames: float = 0.0
     decay_iterations: int = 0
+    decay_power: float = 1.0
 
     def __post_init__(self) -> None:
+        if not (0.5 <= self.decay_power <= 4.0):
+            raise ConfigError(f"decay_power must be in [0.5, 4], got {self.decay_power}")
         if not (0 <= self.decay_iterations <= 1_000_000):
             raise ConfigError(f"decay_iterations must be in [0, 1e6], got {self.decay_iterations}")
         if not (0.0 <= self.smooth_sigma_px <= 16.0):
@@ -165,7 +169,7 @@ def apply_step(video: np.ndarray, moment: np.ndarray, iters: np.ndarray, grad: n
     t = iters[idx].astype(np.float64)
     moment[idx] = b1 * moment[idx] + (1.0 - b1) * grad[idx]
     warm = np.minimum(1.0, t / s.warmup_iterations) if s.warmup_iterations > 0 else np.ones_like(t)
-    decay = s.decay_iterations / (s.decay_iterations + t) if s.decay_iterations > 0 else 1.0
+    decay = (s.decay_iterations / (s.decay_iterations + t)) ** s.decay_power if s.decay_iterations > 0 else 1.0
     scale = (s.learning_rate_px * warm * decay / (1.0 - b1 ** t)).astype(np.float32)
     video[idx] -= scale[:, None, None] * moment[idx]
     video[idx] = np.clip(video[idx], s.pixel_min_px, s.pixel_max_px)
