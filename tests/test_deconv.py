@@ -38,7 +38,7 @@ def fixed_params(N: int, g1: float, g2: float, pen: float) -> RoiParameters:
 def raw_settings(model: str, T: int, **kw: object) -> DeconvSettings:
     """No baseline, no normalisation, unbounded pools and history: the plain OASIS problem."""
     base = dict(model=model, normalise="none", baseline="fixed", lag_frames=0, history_frames=T + 1,
-                max_pools=T + 1, penalty_sigmas=1.0)
+                revise_frames=T, max_pools=T + 1, penalty_sigmas=1.0)
     base.update(kw)
     return DeconvSettings(**base)  # type: ignore[arg-type]
 
@@ -132,7 +132,7 @@ def test_numba_stage_equals_python_reference(model: str, penalty: str) -> None:
     F[70:74, 0] = np.nan
     F[90, 1] = np.inf
     s = DeconvSettings(model=model, penalty=penalty, penalty_sigmas=0.7, lag_frames=3, init_frames=40,
-                       history_frames=T + 1, max_pools=T + 1)
+                       history_frames=T + 1, revise_frames=T, max_pools=T + 1)
     params = estimate_parameters(F[:40], FS, s)
     X = F[40:]
     stage = OnlineDeconvolver(s, N, FS, parameters=params)
@@ -148,7 +148,8 @@ def test_float32_stage_tracks_float64_reference() -> None:
     rng = np.random.default_rng(4)
     T, N = 150, 3
     F64 = 100 + 15 * ar_trace(rng, T, N, 0.94, noise=0.0) + 3 * rng.standard_normal((T, N))
-    s = DeconvSettings(lag_frames=2, init_frames=30, history_frames=T + 1, max_pools=T + 1)
+    s = DeconvSettings(model="ar1", lag_frames=2, init_frames=30, history_frames=T + 1, revise_frames=T,
+                       max_pools=T + 1)
     params = estimate_parameters(F64[:30], FS, s)
     stage = OnlineDeconvolver(s, N, FS, parameters=params)
     stage.process(F64)  # float64 in: cast to float32 (the wire type)
@@ -301,12 +302,15 @@ def test_wrong_length_frame_raises_and_leaves_state_intact() -> None:
         a(FluorescenceFrame(seq=0, frame_index=30, acq_ns=0, values=np.zeros(5, np.float32)))
     a.process(F[30:80])
     b.process(F[30:80])
-    snapshot = [x.copy() for x in (a._par, a._st, a._ist, a._pf, a._pl, a._hist)]
+    def state(st: OnlineDeconvolver) -> list[np.ndarray]:
+        return [x for g in st._groups for x in (g.par, g.st, g.ist, g.pf, g.pl, g.hist, g.frz)]
+
+    snapshot = [x.copy() for x in state(a)]
     with pytest.raises(ShapeMismatchError):
         a.process(np.zeros((3, 3), np.float32))
     with pytest.raises(ShapeMismatchError):
         a(FluorescenceFrame(seq=0, frame_index=80, acq_ns=0, values=np.zeros((2, 4), np.float32)))
-    for before, after in zip(snapshot, (a._par, a._st, a._ist, a._pf, a._pl, a._hist)):
+    for before, after in zip(snapshot, state(a), strict=True):
         np.testing.assert_array_equal(before, after)
     np.testing.assert_array_equal(a.process(F[80:]), b.process(F[80:]))
     assert a.frames_seen == b.frames_seen == 150
