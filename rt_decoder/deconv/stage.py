@@ -493,8 +493,9 @@ def deconvolve_array(F: np.ndarray, frame_rate_hz: float, settings: DeconvSettin
     -------
     ndarray, float32, shape (T, N)
         Row t: the estimate of frame t as the live stage reads it out ``lag_frames``
-        later (the last ``lag_frames`` rows: the final estimates). With ``lag_frames``
-        >= T this is the final (batch-equivalent) solution.
+        later (the last ``lag_frames`` rows: their latest estimates). With ``lag_frames``
+        and ``revise_frames`` >= T this is the fully revised (batch-equivalent) solution;
+        with the default ``revise_frames`` (5) every estimate is final at 5 frames old.
     """
     s = settings if settings is not None else DeconvSettings()
     X = np.asarray(F)
@@ -507,7 +508,7 @@ def deconvolve_array(F: np.ndarray, frame_rate_hz: float, settings: DeconvSettin
         if T < 30:
             raise StageError(f"the recording has {T} frames: at least 30 are needed to estimate parameters")
         parameters = estimate_parameters(X[:min(s.init_frames, T)], frame_rate_hz, s)
-    stage = OnlineDeconvolver(s, N, frame_rate_hz, parameters=parameters)
+    stage = OnlineDeconvolver(s, N, frame_rate_hz, parameters=parameters, warmup=False)  # kernels on first use
     lagged = stage.process(X)
     L = s.lag_frames
     if L == 0:
