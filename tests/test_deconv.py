@@ -103,7 +103,7 @@ def reference_rois(stage: OnlineDeconvolver) -> list[ReferenceRoi]:
     tracked = s.baseline == "tracked"
     rois = []
     for n in range(stage.n_rois):
-        g2 = float(p.g2[n]) if s.model == "ar2" else 0.0
+        g2 = float(p.g2[n]) if s.model != "ar1" else 0.0
         pen = s.penalty_sigmas * float(p.sigma_y[n])
         rois.append(ReferenceRoi(
             g1=float(p.g1[n]), g2=g2, s_min=pen if s.penalty == "s_min" else 0.0,
@@ -111,7 +111,7 @@ def reference_rois(stage: OnlineDeconvolver) -> list[ReferenceRoi]:
             baseline=float(p.baseline_f[n]) - (z * float(p.sigma_f[n]) if tracked else 0.0),
             step=s.baseline_rate_sigmas_per_s * float(p.sigma_f[n]) / FS, q=s.baseline_quantile,
             zoff=z * float(p.sigma_f[n]) if tracked else 0.0, sigma_f=float(p.sigma_f[n]),
-            dff=s.normalise == "dff", track=tracked, ar2=s.model == "ar2"))
+            dff=s.normalise == "dff", track=tracked, ar2=g2 != 0.0))
     return rois
 
 
@@ -378,3 +378,120 @@ def test_settings_validation() -> None:
     with pytest.raises(ConfigError, match="ROI 1"):
         OnlineDeconvolver(DeconvSettings(), 2, FS, parameters=RoiParameters(
             g1=np.array([0.9, 1.2]), g2=np.zeros(2), baseline_f=np.ones(2), sigma_f=np.ones(2), sigma_y=np.ones(2)))
+
+
+# ----------------------------------------------------------------------------- issue 14: auto, priors, readout
+def test_numpy_welch_equals_scipy() -> None:
+    from scipy.signal import welch
+
+    from rt_decoder.deconv._estimate import welch_psd
+
+    rng = np.random.default_rng(20)
+    for T, nperseg in ((300, 256), (1000, 256), (57, 57), (300, 255), (40, 32)):
+        y = rng.standard_normal((T, 3)) + np.linspace(0, 1, T)[:, None]
+        np.testing.assert_allclose(welch_psd(y, nperseg), welch(y, axis=0, nperseg=nperseg)[1], rtol=1e-10,
+                                   atol=1e-14)
+
+
+def _mixed_traces(rng: np.random.Generator, T: int, N: int, tau_r_frames: float) -> np.ndarray:
+    d, r = float(np.exp(-1 / 20)), float(np.exp(-1 / tau_r_frames))
+    c = ar_trace(rng, T, N, d + r, -d * r, noise=0.0, rate=0.05)
+    peak = max((d ** (k + 1) - r ** (k + 1)) / (d - r) for k in range(200))  # one spike peaks at dF/F 0.1
+    return (100 * (1 + 0.1 * c / peak) + 1.5 * rng.standard_normal((T, N))).astype(np.float32)
+
+
+def test_auto_picks_ar2_for_a_resolvable_rise_and_ar1_otherwise() -> None:
+    rng = np.random.default_rng(21)
+    slow = estimate_parameters(_mixed_traces(rng, 600, 40, 3.0), FS, DeconvSettings(init_frames=600))
+    fast = estimate_parameters(_mixed_traces(rng, 600, 40, 0.2), FS, DeconvSettings(init_frames=600))
+    assert np.mean(slow.g2 != 0) > 0.8   # rise time constant 3 frames: AR(2)
+    assert np.mean(fast.g2 != 0) == 0.0  # 0.2 frames: not resolvable at this frame rate, AR(1)
+    assert np.all(fast.g1 < 1) and np.all(slow.g1[slow.g2 != 0] > 1)
+
+
+def test_pooled_kinetics_shrink_towards_population_and_preset() -> None:
+    rng = np.random.default_rng(22)
+    F = (100 + 15 * ar_trace(rng, 300, 80, 0.9, noise=0.0, rate=0.05)
+         + 3 * rng.standard_normal((300, 80))).astype(np.float32)
+    per_roi = estimate_parameters(F, FS, DeconvSettings(model="ar1", kinetics="per_roi"))
+    pooled = estimate_parameters(F, FS, DeconvSettings(model="ar1"))
+    tau = lambda g: -1 / (FS * np.log(g))  # noqa: E731
+    assert np.std(np.log(tau(pooled.g1))) < 0.5 * np.std(np.log(tau(per_roi.g1)))
+    assert abs(np.median(pooled.g1) - 0.9) < 0.02
+    # two ROIs, 60 frames: the preset dominates; generic prior: the data do
+    few = F[:60, :2]
+    g8f = estimate_parameters(few, FS, DeconvSettings(model="ar1", indicator="gcamp8f", init_frames=60))
+    assert np.all(np.abs(np.log(tau(g8f.g1) / 0.12)) < 0.35)
+    fixed = estimate_parameters(few, FS, DeconvSettings(model="auto", kinetics="fixed", indicator="gcamp6s"))
+    d, r = np.exp(-1 / (1.25 * FS)), np.exp(-1 / (0.065 * FS))
+    np.testing.assert_allclose(fixed.g1, d + r) and np.testing.assert_allclose(fixed.g2, -d * r)
+    fixed8 = estimate_parameters(few, FS, DeconvSettings(model="auto", kinetics="fixed", indicator="gcamp8m"))
+    assert np.all(fixed8.g2 == 0)  # a 12 ms rise is not resolvable at 30 Hz
+
+
+def _mixed_parameters(N: int) -> RoiParameters:
+    d, r = np.exp(-1 / 20), np.exp(-1 / 2.5)
+    ar2 = np.arange(N) % 3 == 1
+    return RoiParameters(g1=np.where(ar2, d + r, 0.93), g2=np.where(ar2, -d * r, 0.0), baseline_f=np.full(N, 100.0),
+                         sigma_f=np.full(N, 3.0), sigma_y=np.full(N, 0.03))
+
+
+def test_auto_stage_with_mixed_models_equals_one_stage_per_model() -> None:
+    rng = np.random.default_rng(23)
+    T, N = 240, 9
+    F = raw_fluorescence(rng, T, N, "ar2")
+    F[100:103, 4] = np.nan
+    p = _mixed_parameters(N)
+    s = DeconvSettings(model="auto", lag_frames=3, revise_frames=6, max_pools=6)
+    mixed = OnlineDeconvolver(s, N, FS, parameters=p)
+    assert list(mixed.roi_models) == ["ar1", "ar2", "ar1"] * 3
+    out = np.concatenate([mixed.process(F[:120]), (mixed.push_gap(5), mixed.process(F[120:]))[1]])
+    for model, cols in (("ar1", [0, 2, 3, 5, 6, 8]), ("ar2", [1, 4, 7])):
+        sub = RoiParameters(**{k: getattr(p, k)[cols] for k in ("g1", "g2", "baseline_f", "sigma_f", "sigma_y")})
+        one = OnlineDeconvolver(DeconvSettings(model=model, lag_frames=3, revise_frames=6, max_pools=6), len(cols),
+                                FS, parameters=sub)
+        ref = np.concatenate([one.process(F[:120, cols]), (one.push_gap(5), one.process(F[120:, cols]))[1]])
+        np.testing.assert_array_equal(out[:, cols], ref)
+        np.testing.assert_array_equal(mixed.recent(40)[:, cols], one.recent(40))
+    # and fed in random chunks, frame by frame included
+    st = OnlineDeconvolver(s, N, FS, parameters=p, warmup=False)
+    got = _feed_chunks(st, np.concatenate([F[:120], F[120:]]), np.random.default_rng(2), {120: 5})
+    np.testing.assert_array_equal(got, out)
+
+
+@pytest.mark.parametrize("model", ["ar1", "ar2"])
+def test_estimates_freeze_after_revise_frames(model: str) -> None:
+    """recent() and long-lag readouts return each frame's estimate as read revise_frames later
+    (the reference's lag-R readout); the newest R frames stay provisional."""
+    rng = np.random.default_rng(24)
+    T, N, R = 150, 3, 4
+    X = raw_fluorescence(rng, T, N, model).astype(np.float64)
+    X[60:63, 1] = np.nan
+    base = dict(model=model, normalise="none", baseline="fixed", penalty_sigmas=0.0, history_frames=T + 1,
+                max_pools=T + 1)
+    d, r = np.exp(-1 / 80), np.exp(-1 / 2.0)  # decay slower than the data's: later frames revise earlier ones
+    g1, g2 = (d, 0.0) if model == "ar1" else (d + r, -d * r)
+    params = fixed_params(N, g1, g2, 0.0)
+    ref_lag_r, ref_final = reference_run(X, reference_rois(OnlineDeconvolver(DeconvSettings(**base), N, FS,
+                                                                                   parameters=params)), R)
+    frozen = np.zeros_like(ref_lag_r)
+    frozen[:T - R] = ref_lag_r[R:]  # frozen[u] = estimate of frame u read at u + R
+    for lag in (1, R, 9):
+        st = OnlineDeconvolver(DeconvSettings(lag_frames=lag, revise_frames=R, **base), N, FS, parameters=params)
+        lagged = st.process(X)
+        rec = st.recent(T).astype(np.float64)
+        np.testing.assert_allclose(rec[:T - R], frozen[:T - R], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(rec[T - R:], ref_final[T - R:], rtol=0, atol=1e-6)
+        if lag >= R:
+            np.testing.assert_allclose(lagged[lag:], frozen[:T - lag], rtol=0, atol=1e-6)
+    assert np.abs(frozen[:T - R] - ref_final[:T - R]).max() > 1e-3  # later revisions exist and are not used
+
+
+def test_settings_validation_of_the_new_fields() -> None:
+    with pytest.raises(ConfigError, match="indicator"):
+        DeconvSettings(indicator="gcamp3")
+    with pytest.raises(ConfigError, match="revise_frames"):
+        DeconvSettings(revise_frames=64, history_frames=64)
+    with pytest.raises(ConfigError, match="kinetics"):
+        DeconvSettings(kinetics="median")
+    assert DeconvSettings().model == "auto" and DeconvSettings(indicator="gcamp8f").prior_kinetics == (0.12, 0.007)

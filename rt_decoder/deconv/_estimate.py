@@ -128,6 +128,30 @@ GENERIC_LOG_SD = 1.0
 DEFAULT_EST_LOG_SD = 0.5
 #: AR(2) only where the rise time constant spans at least this many frame intervals
 RISE_MIN_FRAMES = 1.0
+#: without an indicator preset, a rise counts as seen in the data when the median over ROIs of
+#: the noise-free AR(2) coefficient g2 (``noise_free_ar2_g2``) is below this (g2 = -d r)
+RISE_G2_MAX = -0.05
+
+
+def noise_free_ar2_g2(y: np.ndarray, max_lag: int = 8) -> np.ndarray:
+    """AR(2) coefficient g2 per column of y (T, N) from autocovariance lags 1..max_lag only.
+
+    The Yule-Walker equations ``gamma(k) = g1 gamma(k-1) + g2 gamma(k-2)`` for k >= 3 never
+    touch lag 0, so white measurement noise (and the error of its estimate) cannot enter:
+    the noise-corrected lag-0 estimate is what makes ordinary AR(2) fits find a spurious
+    rise of about one frame in AR(1) data (spikes' instantaneous jumps add broadband power
+    to the PSD noise estimate). g2 = -d r is about 0 without a resolvable rise.
+    """
+    T = y.shape[0]
+    yc = y - y.mean(axis=0)
+    xc = np.stack([np.einsum("tn,tn->n", yc[k:], yc[:T - k]) / T for k in range(max_lag + 1)])
+    A = np.stack([np.stack([xc[k - 1], xc[k - 2]]) for k in range(3, max_lag + 1)])  # (K, 2, N)
+    b = xc[3:max_lag + 1]
+    AtA = np.einsum("kin,kjn->ijn", A, A)
+    Atb = np.einsum("kin,kn->in", A, b)
+    det = AtA[0, 0] * AtA[1, 1] - AtA[0, 1] * AtA[1, 0]
+    det = np.where(det != 0, det, np.nan)
+    return (AtA[0, 0] * Atb[1] - AtA[1, 0] * Atb[0]) / det
 
 
 def _shrink(x: np.ndarray, valid: np.ndarray, prior: float, prior_sd: float) -> np.ndarray:
@@ -195,10 +219,15 @@ def estimate_parameters(F: np.ndarray, fs: float, settings: DeconvSettings, *,
     rise root in range) and added to the population's prior log-odds (the fraction of ROIs
     whose own fit is valid with ``dBIC > 0``, clipped to [0.05, 0.95]): a single ROI's 300
     frames rarely decide alone (requiring each ROI's own valid fit lost 0.01 on GCaMP6s
-    against AR(2) everywhere); and (2) its (pooled) rise time constant is resolvable at the
-    frame rate, ``tau_rise * fs >= RISE_MIN_FRAMES`` (one frame interval: a faster rise is
-    complete within the first frame, where AR(1) describes the sampled kernel as well and
-    the second root only adds estimation noise and cost). Otherwise AR(1).
+    against AR(2) everywhere); and (2) the rise is resolvable at the frame rate: with an
+    indicator preset, its published rise time constant spans at least ``RISE_MIN_FRAMES``
+    (one) frame intervals (a faster rise is complete within the first frame, where AR(1)
+    describes the sampled kernel as well and the second root only adds estimation noise
+    and cost); without one, the population's noise-free AR(2) fits show a rise (the median
+    over ROIs of ``noise_free_ar2_g2`` is below ``RISE_G2_MAX`` and 2 standard errors below
+    0; it is noisy: with a few ROIs or a short batch name the indicator) and the pooled
+    rise time constant spans at least one frame. Otherwise AR(1). The BIC alone is not enough: measurement noise makes
+    an AR(1) trace an ARMA(1,1) one, which AR(2) always fits a little better.
     """
     F = np.asarray(F, dtype=np.float64)
     T, N = F.shape
@@ -271,7 +300,18 @@ def estimate_parameters(F: np.ndarray, fs: float, settings: DeconvSettings, *,
         evidence = np.where(valid2 & np.isfinite(gain), gain / 2.0, 0.0)
         frac = float(np.clip(np.mean(valid2 & (gain > 0)), 0.05, 0.95))
         prior_logodds = np.log(frac / (1.0 - frac))
-        use2 = (prior_logodds + evidence > 0) & (np.exp(tr2) * fs >= RISE_MIN_FRAMES)
+        if settings.indicator != "auto" or settings.kinetics == "fixed":
+            rise_seen = tau_r0 * fs >= RISE_MIN_FRAMES  # the preset's published rise decides
+        else:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                g2_free = noise_free_ar2_g2(y)
+            g2f = g2_free[np.isfinite(g2_free)]
+            rise_seen = False
+            if g2f.size >= 3:  # median clearly below RISE_G2_MAX and 2 standard errors below 0
+                g2_med = float(np.median(g2f))
+                se = 1.2533 * 1.4826 * float(np.median(np.abs(g2f - g2_med))) / np.sqrt(g2f.size)
+                rise_seen = g2_med < RISE_G2_MAX and g2_med + 2.0 * se < 0.0
+        use2 = (prior_logodds + evidence > 0) & bool(rise_seen) & (np.exp(tr2) * fs >= RISE_MIN_FRAMES)
     tau_d = np.clip(np.exp(np.where(use2, td2, td1)), lo_s, hi_s)
     dd = np.exp(-1.0 / (tau_d * fs))
     rr = np.exp(-1.0 / (np.exp(tr2) * fs))
