@@ -19,7 +19,8 @@ process is started:
   from the online deconvolution), until the process exits.
 
 Second starts are repeated ``--repeats`` times (median and max reported). The JSON holds
-every time, whether the compile notice was printed, and the machine's load at start.
+every time, the CPU time (user + system) of each process (for ``serve``: to its exit
+after SIGINT), whether the compile notice was printed, and the machine's load at start.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import signal
 import socket
 import subprocess
@@ -52,16 +54,23 @@ def _cli() -> list[str]:
     return [sys.executable, "-m", "rt_decoder.cli"]
 
 
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(ru.ru_utime + ru.ru_stime)
+
+
 def _run_to_exit(cmd: list[str], env: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    c0 = _children_cpu_s()
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise RuntimeError(f"{cmd} exited with {p.returncode}: {p.stderr[-2000:]}")
-    return {"wall_s": wall, "compile_notice": NOTICE in p.stderr}
+    return {"wall_s": wall, "cpu_s": _children_cpu_s() - c0, "compile_notice": NOTICE in p.stderr}
 
 
 def _serve_to_ready(config: Path, env: dict[str, str], timeout_s: float) -> dict[str, Any]:
+    c0 = _children_cpu_s()
     t0 = time.perf_counter()
     p = subprocess.Popen([*_cli(), "serve", "--config", str(config)], env=env, stderr=subprocess.PIPE,
                          stdout=subprocess.DEVNULL, text=True)
@@ -89,7 +98,8 @@ def _serve_to_ready(config: Path, env: dict[str, str], timeout_s: float) -> dict
         if p.poll() is None:
             p.kill()
             p.wait()
-    return {"wall_s": ready_s, "compile_notice": NOTICE in "".join(lines)}
+    # CPU time of the whole process, READY and the SIGINT drain included
+    return {"wall_s": ready_s, "cpu_s": _children_cpu_s() - c0, "compile_notice": NOTICE in "".join(lines)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             f'[input]\naddress = "tcp://127.0.0.1:{_free_port()}"\n'
             f'[output]\naddress = "tcp://127.0.0.1:{_free_port()}"\n'
             f'[status]\naddress = "tcp://127.0.0.1:{_free_port()}"\nstatus_line_every_s = 0.0\n')
+        env: dict[str, str] = {}
         commands = {
             "deconvolve": lambda i: _run_to_exit([*_cli(), "deconvolve", str(work / "F.npy"), "--fs", "30", "--out",
                                                   str(work / f"act{i}.npy")], env, args.timeout_s),
@@ -123,12 +134,16 @@ def main(argv: list[str] | None = None) -> int:
             first = fn(0)
             seconds = [fn(i + 1) for i in range(args.repeats)]
             walls = [s["wall_s"] for s in seconds]
-            results[name] = {"first_start_s": first["wall_s"], "first_compile_notice": first["compile_notice"],
+            cpus = [s["cpu_s"] for s in seconds]
+            results[name] = {"first_start_s": first["wall_s"], "first_cpu_s": first["cpu_s"],
+                             "first_compile_notice": first["compile_notice"],
                              "second_start_s": walls, "second_start_median_s": float(np.median(walls)),
-                             "second_start_max_s": float(np.max(walls)),
+                             "second_start_max_s": float(np.max(walls)), "second_cpu_s": cpus,
+                             "second_cpu_median_s": float(np.median(cpus)),
                              "second_compile_notice": any(s["compile_notice"] for s in seconds)}
-            print(f"{name:<11} first {first['wall_s']:7.2f} s (notice {first['compile_notice']})   second median "
-                  f"{np.median(walls):6.2f} s, max {np.max(walls):6.2f} s", file=sys.stderr)
+            print(f"{name:<11} first {first['wall_s']:7.2f} s (cpu {first['cpu_s']:.2f} s, notice "
+                  f"{first['compile_notice']})   second median {np.median(walls):6.2f} s (cpu {np.median(cpus):.2f} s), "
+                  f"max {np.max(walls):6.2f} s", file=sys.stderr)
     out = {"benchmark": "cold_start",
            "command": f"python -m benchmarks.cold_start --out {args.out} --repeats {args.repeats}",
            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),

@@ -465,10 +465,10 @@ def print_table(result: dict[str, Any]) -> None:
                         return float(r["spike_corr_smoothed"])
                 return float("nan")
 
-            cells = [f"{get('rt_decoder', m, 5):.3f}/{get('rt_decoder', m, 60):.3f}" for m in ("ar1", "ar2", "auto")]
+            icells = [f"{get('rt_decoder', m, 5):.3f}/{get('rt_decoder', m, 60):.3f}" for m in ("ar1", "ar2", "auto")]
             gap = get("rt_decoder", "auto", 5) - max(get("rt_decoder", "ar1", 5), get("rt_decoder", "ar2", 5))
             frac = next(r["ar2_fraction"] for r in rr if "ar2_fraction" in r)
-            print(f"{ind:<9} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {gap:>+9.3f} {frac:>8.2f} "
+            print(f"{ind:<9} {icells[0]:>13} {icells[1]:>13} {icells[2]:>13} {gap:>+9.3f} {frac:>8.2f} "
                   f"{get('rt_decoder', 'auto', 5, ind.lower()):>11.3f} "
                   f"{get('rt_decoder_per_roi_kinetics', 'ar1', 5):>11.3f} {get('oasis_batch', 'ar1', None):>9.3f} "
                   f"{get('oasis_batch', 'ar2', None):>9.3f}")
