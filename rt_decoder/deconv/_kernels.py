@@ -29,22 +29,22 @@ fits, exact in real arithmetic, and exact with missing samples). A missing sampl
 or a sequence gap) extends the newest pool without data, as ``oasisAR1`` does with NaN.
 
 Flags live in one place (``_JIT``): no fastmath (bitwise agreement between runs and with
-the reference's operation order matters more than a few ns), ``cache=True``. The cache
-lives in ``NUMBA_CACHE_DIR`` when set, else in ``~/.cache/rt-decoder/numba`` (or
-``$XDG_CACHE_HOME/rt-decoder/numba``), so that it works when the package directory is
-read-only; each kernel is compiled (or loaded) on first use only, and the first real
-compilation on a machine announces itself on stderr (:data:`COMPILE_NOTICE`).
+the reference's operation order matters more than a few ns), ``cache=True`` in the
+directory chosen by ``rt_decoder._jit`` (``NUMBA_CACHE_DIR``, else
+``~/.cache/rt-decoder/numba``: works when the package directory is read-only); each kernel
+is compiled (or loaded) on first use only, and the first real compilation on a machine
+announces itself on stderr (``rt_decoder._jit.COMPILE_NOTICE``).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from typing import Any, Callable, Iterable
 
 import numba as nb
 import numpy as np
+
+from rt_decoder import _jit
 
 # --- column indices ------------------------------------------------------------------
 P_G1, P_G2, P_D, P_R, P_SHIFT, P_SMIN, P_STEP, P_Q, P_ZOFF, P_SF, P_GINV = range(11)
@@ -619,55 +619,17 @@ _PY = {
 _SIGS = {"block": _SIG_BLOCK, "gap": _SIG_GAP, "recent": _SIG_RECENT, "flush": _SIG_FLUSH}
 _compiled: dict[str, Callable[..., None]] = {}
 _lock = threading.Lock()
-_notice_given = False
-_cache_configured = False
-
-#: printed on stderr (once per process) before the first kernel that is not in the cache compiles
-COMPILE_NOTICE = ("rt-decoder: compiling kernels, once per machine (about a minute; later starts load "
-                  "them from {cache})")
 
 
 def cache_dir() -> str:
-    """Where the compiled kernels are cached (numba's cache directory in use)."""
-    _configure_cache()
-    return str(nb.config.CACHE_DIR) or "the package's __pycache__"  # type: ignore[attr-defined]
-
-
-def _configure_cache() -> None:
-    # NUMBA_CACHE_DIR set by the user wins; otherwise a per-user directory that works when the
-    # package directory is read-only (site-packages of a system install):
-    # $XDG_CACHE_HOME/rt-decoder/numba or ~/.cache/rt-decoder/numba. If that cannot be created,
-    # numba's own fallbacks apply (the package's __pycache__, then ~/.cache/numba).
-    global _cache_configured
-    if _cache_configured:
-        return
-    _cache_configured = True
-    if os.environ.get("NUMBA_CACHE_DIR") or nb.config.CACHE_DIR:  # type: ignore[attr-defined]
-        return
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = os.path.join(base, "rt-decoder", "numba")
-    try:
-        os.makedirs(path, exist_ok=True)
-        if not os.access(path, os.W_OK):
-            return
-    except OSError:
-        return
-    nb.config.CACHE_DIR = path  # type: ignore[attr-defined]
-
-
-def _in_cache(disp: Any, sig: str) -> bool:
-    # True when numba's on-disk cache holds this kernel for this machine and source (numba's
-    # index lookup, the same key Dispatcher.compile uses). Any surprise: say "not cached".
-    try:
-        key = disp._cache._index_key(sig, disp.targetctx.codegen())
-        return key in disp._cache._cache_file._load_index()
-    except Exception:  # pragma: no cover - numba internals changed
-        return False
+    """Where the compiled kernels are cached (see ``rt_decoder._jit``)."""
+    return _jit.cache_dir()
 
 
 def get_kernel(name: str) -> Callable[..., None]:
     """One kernel (``block_ar1``, ``gap_ar2``, ...), compiled or loaded from the disk cache once
-    per process. Prints :data:`COMPILE_NOTICE` on stderr before the first real compilation.
+    per process (``rt_decoder._jit.compile_cached``: the first real compilation on a machine
+    prints ``rt_decoder._jit.COMPILE_NOTICE`` on stderr).
 
     The number of threads is numba's (``numba.set_num_threads``); with one thread the
     ``prange`` loop runs serially.
@@ -680,21 +642,13 @@ def get_kernel(name: str) -> Callable[..., None]:
     fn = _compiled.get(name)
     if fn is not None:
         return fn
-    global _notice_given
     with _lock:
         fn = _compiled.get(name)
-        if fn is not None:
-            return fn
-        _configure_cache()
-        sig = _SIGS[name.split("_")[0]]
-        disp = nb.njit(parallel=True, **_JIT)(_PY[name])
-        if not _notice_given and not _in_cache(disp, sig):
-            _notice_given = True
-            print(COMPILE_NOTICE.format(cache=cache_dir()), file=sys.stderr, flush=True)
-        disp.compile(sig)
-        disp.disable_compile()
-        _compiled[name] = disp
-        return disp
+        if fn is None:
+            opts = {k: v for k, v in _JIT.items() if k != "cache"}
+            fn = _compiled[name] = _jit.compile_cached(_PY[name], [_SIGS[name.split("_")[0]]], parallel=True,
+                                                       **opts)
+        return fn
 
 
 def get_kernels(names: Iterable[str] | None = None) -> dict[str, Callable[..., None]]:
