@@ -315,7 +315,9 @@ def estimate_parameters(F: np.ndarray, fs: float, settings: DeconvSettings, *,
     tau_d = np.clip(np.exp(np.where(use2, td2, td1)), lo_s, hi_s)
     dd = np.exp(-1.0 / (tau_d * fs))
     rr = np.exp(-1.0 / (np.exp(tr2) * fs))
-    rr = np.clip(rr, 1e-6, dd - 0.05)  # keep the two roots apart (and the rise positive)
+    if model != "ar2":  # a decay too fast for two separated roots (very low frame rates): AR(1)
+        use2 &= dd - 0.05 > 1e-6
+    rr = np.clip(rr, 1e-6, np.maximum(dd - 0.05, 1e-6))  # keep the two roots apart (and the rise positive)
     g1 = np.where(use2, dd + rr, dd)
     g2 = np.where(use2, -dd * rr, 0.0)
     return RoiParameters(g1=g1, g2=g2, baseline_f=baseline, sigma_f=sigma_f, sigma_y=sigma_y)

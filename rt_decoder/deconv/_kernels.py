@@ -604,7 +604,7 @@ _SIG_RECENT = (
 )
 
 
-_PY = {
+_PY: dict[str, Callable[..., None]] = {
     "block_ar1": _block_ar1,
     "block_ar2": _block_ar2,
     "gap_ar1": _gap_ar1,

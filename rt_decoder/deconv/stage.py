@@ -141,7 +141,7 @@ class OnlineDeconvolver:
         """Per-ROI model, ``"ar1"``/``"ar2"`` (N,) strings, once parameters are known."""
         if self._params is None:
             return None
-        return np.where(self._params.g2 != 0.0, "ar2", "ar1")
+        return np.where(self._is_ar2, "ar2", "ar1")
 
     def _models_in_play(self) -> tuple[str, ...]:
         if self._groups:
@@ -264,6 +264,7 @@ class OnlineDeconvolver:
                 g.st[:, kn.S_BASE] = (p.baseline_f - z * p.sigma_f)[c]
         self._flags = (kn.FLAG_DFF if s.normalise == "dff" else 0) | (kn.FLAG_TRACK if s.baseline == "tracked" else 0)
         self._params = p
+        self._is_ar2 = is_ar2
         if self._reest_every:
             self._next_reest = self._t + self._reest_every
 
@@ -351,7 +352,7 @@ class OnlineDeconvolver:
         R = self._ring.shape[0]
         order = (self._t + np.arange(R)) % R
         kn, s, old = self._kn, self.settings, self._params
-        new = estimate_parameters(self._ring[order], self.frame_rate_hz, s, ar2_rois=old.g2 != 0.0)
+        new = estimate_parameters(self._ring[order], self.frame_rate_hz, s, ar2_rois=self._is_ar2)
         if s.kinetics != "fixed":
             for g in self._groups:
                 self._kernel(f"flush_{g.model}")(self._t - 1, g.par, g.st, g.ist, g.pf, g.pl, g.hist)
