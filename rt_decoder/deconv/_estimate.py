@@ -293,7 +293,7 @@ def estimate_parameters(F: np.ndarray, fs: float, settings: DeconvSettings, *,
     elif model == "ar2":
         use2 = np.ones(N, bool)
     elif ar2_rois is not None:
-        use2 = np.asarray(ar2_rois, bool).reshape(N)
+        use2 = np.array(ar2_rois, bool).reshape(N)  # a copy: refined below
     else:
         # log Bayes factor AR(2) : AR(1) per ROI ~ BIC difference / 2 (0 where the ROI's own AR(2)
         # fit has no rise root in range: no evidence), on top of the population's prior log-odds
