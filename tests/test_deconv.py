@@ -116,6 +116,10 @@ def reference_rois(stage: OnlineDeconvolver) -> list[ReferenceRoi]:
 
 
 def raw_fluorescence(rng: np.random.Generator, T: int, N: int, model: str) -> np.ndarray:
+    if model == "auto":  # every other ROI AR(1), the others AR(2)
+        F = raw_fluorescence(rng, T, N, "ar2")
+        F[:, ::2] = raw_fluorescence(rng, T, N, "ar1")[:, ::2]
+        return F
     d, r = 0.94, 0.5
     g1, g2 = (d, 0.0) if model == "ar1" else (d + r, -d * r)
     c = ar_trace(rng, T, N, g1, g2, noise=0.0, rate=0.06)
@@ -177,12 +181,13 @@ def _feed_chunks(stage: OnlineDeconvolver, F: np.ndarray, rng: np.random.Generat
     return np.concatenate(outs)
 
 
-@pytest.mark.parametrize("model", ["ar1", "ar2"])
+@pytest.mark.parametrize("model", ["ar1", "ar2", "auto"])
 def test_random_chunks_equal_one_shot(model: str) -> None:
     rng = np.random.default_rng(5)
     T, N = 260, 6
     F = raw_fluorescence(rng, T, N, model)
-    s = DeconvSettings(model=model, init_frames=60, lag_frames=4, history_frames=40, max_pools=6)
+    extra = {"indicator": "gcamp6s"} if model == "auto" else {}  # auto: a mix of AR(1) and AR(2) ROIs
+    s = DeconvSettings(model=model, init_frames=60, lag_frames=4, history_frames=40, max_pools=6, **extra)
     gaps = {30: 3, 150: 5}  # one inside the initial batch, one after
     one = OnlineDeconvolver(s, N, FS)
     ref_out = []
@@ -191,6 +196,7 @@ def test_random_chunks_equal_one_shot(model: str) -> None:
             one.push_gap(gaps[k0])
         ref_out.append(one.process(F[k0:k1]))
     ref = np.concatenate(ref_out)
+    assert len(one._groups) == (2 if model == "auto" else 1)
     for seed in range(3):
         stage = OnlineDeconvolver(s, N, FS, warmup=False)
         got = _feed_chunks(stage, F, np.random.default_rng(seed), gaps)
@@ -200,18 +206,19 @@ def test_random_chunks_equal_one_shot(model: str) -> None:
     assert np.count_nonzero(ref) > 50
 
 
-@pytest.mark.parametrize("model", ["ar1", "ar2"])
+@pytest.mark.parametrize("model", ["ar1", "ar2", "auto"])
 def test_slow_reestimation_is_chunking_invariant(model: str) -> None:
     rng = np.random.default_rng(13)
     T, N = 300, 5
     F = raw_fluorescence(rng, T, N, model)
     F[150:, :] += (6 * rng.standard_normal((T - 150, N))).astype(np.float32)  # noise x 2.2 half way
-    s = DeconvSettings(model=model, init_frames=60, lag_frames=3, max_pools=6, reestimate_every_s=1.0)
+    extra = {"indicator": "gcamp7f"} if model == "auto" else {}  # auto: a mix of AR(1) and AR(2) ROIs
+    s = DeconvSettings(model=model, init_frames=60, lag_frames=3, max_pools=6, reestimate_every_s=1.0, **extra)
     gaps = {100: 4, 200: 40}
     one = OnlineDeconvolver(s, N, FS)
     ref = np.concatenate([one.process(F[:100]), (one.push_gap(4), one.process(F[100:200]))[1],
                           (one.push_gap(40), one.process(F[200:]))[1]])
-    assert one.parameters is not None
+    assert one.parameters is not None and len(one._groups) == (2 if model == "auto" else 1)
     first = estimate_parameters(F[:60], FS, s)
     assert np.median(one.parameters.sigma_f / first.sigma_f) > 1.5  # re-estimated from recent frames
     stage = OnlineDeconvolver(s, N, FS, warmup=False)
