@@ -6,8 +6,9 @@ Run::
 
 Speed: median and p99 wall time of one ``OnlineDeconvolver.__call__`` (FluorescenceFrame ->
 ActivityFrame, all ROIs, after warm-up and the initial batch) for N = 1,000 / 10,000 /
-100,000 ROIs with numba on 1 and 2 threads (AR(1), default settings; ``rt_decoder_ar2``:
-AR(2), 1 thread); with one thread also the calling thread's CPU time per frame
+100,000 ROIs with numba on 1 and 2 threads (AR(1), otherwise default settings; ``rt_decoder_ar2``:
+AR(2), 1 thread; ``rt_decoder_auto``: ``model="auto"``, the default, 1 thread, with the
+fraction of ROIs it put on AR(2)); with one thread also the calling thread's CPU time per frame
 (``frame_cpu_ms_*``), which a shared, loaded machine does not inflate; compared, in the
 same run, with
 
