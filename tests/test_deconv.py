@@ -502,3 +502,16 @@ def test_settings_validation_of_the_new_fields() -> None:
     with pytest.raises(ConfigError, match="kinetics"):
         DeconvSettings(kinetics="median")
     assert DeconvSettings().model == "auto" and DeconvSettings(indicator="gcamp8f").prior_kinetics == (0.12, 0.007)
+
+
+def test_fit_evidence_prefers_the_model_that_generated_the_data() -> None:
+    """Per ROI, with each model's right kinetics: the BIC of the two OASIS fits picks the true model."""
+    from rt_decoder.deconv._estimate import fit_evidence_ar2
+
+    rng = np.random.default_rng(25)
+    T, N = 300, 30
+    F = np.concatenate([_mixed_traces(rng, T, N, 0.2), _mixed_traces(rng, T, N, 3.0)], axis=1).astype(np.float64)
+    y = F / 100.0 - 1.0
+    d = np.full(2 * N, np.exp(-1 / 20))
+    ev = fit_evidence_ar2(y, FS, DeconvSettings(), d, d, np.full(2 * N, np.exp(-1 / 3.0)), np.full(2 * N, 0.015))
+    assert np.mean(ev[:N] < 0) > 0.9 and np.mean(ev[N:] > 0) > 0.9

@@ -11,7 +11,9 @@ Timeline of a live stream
   ActivityFrame of zeros for each (a live rig keeps its frame clock; nothing is dropped).
 - Frame ``init_frames - 1``: parameters are estimated per ROI from the batch, the whole
   batch is deconvolved (catch-up; one-off cost measured here about 30 ms per 1,000 ROIs,
-  i.e. that frame is late by 0.3 s at 10,000 ROIs: pass ``parameters=`` to avoid it) and this frame's
+  i.e. that frame is late by 0.3 s at 10,000 ROIs, 0.6-1 s with ``model="auto"`` when a
+  rise is resolvable, which compares both models' fits of the batch: pass ``parameters=``
+  to avoid it) and this frame's
   activity is the real lagged estimate. ``recent(W)`` covers the batch frames from then on.
 - Afterwards: each frame costs one kernel pass (two with ``model="auto"`` when the ROIs
   are split between AR(1) and AR(2)). The ActivityFrame returned for input
