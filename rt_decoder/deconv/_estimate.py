@@ -128,32 +128,6 @@ GENERIC_LOG_SD = 1.0
 DEFAULT_EST_LOG_SD = 0.5
 #: AR(2) only where the rise time constant spans at least this many frame intervals
 RISE_MIN_FRAMES = 1.0
-#: without an indicator preset, a rise counts as seen in the data when the median over ROIs of
-#: the noise-free AR(2) coefficient g2 (``noise_free_ar2_g2``) is below this (g2 = -d r)
-RISE_G2_MAX = -0.05
-
-
-def noise_free_ar2_g2(y: np.ndarray, max_lag: int = 8) -> np.ndarray:
-    """AR(2) coefficient g2 per column of y (T, N) from autocovariance lags 1..max_lag only.
-
-    The Yule-Walker equations ``gamma(k) = g1 gamma(k-1) + g2 gamma(k-2)`` for k >= 3 never
-    touch lag 0, so white measurement noise (and the error of its estimate) cannot enter:
-    the noise-corrected lag-0 estimate is what makes ordinary AR(2) fits find a spurious
-    rise of about one frame in AR(1) data (spikes' instantaneous jumps add broadband power
-    to the PSD noise estimate). g2 = -d r is about 0 without a resolvable rise.
-    """
-    T = y.shape[0]
-    yc = y - y.mean(axis=0)
-    xc = np.stack([np.einsum("tn,tn->n", yc[k:], yc[:T - k]) / T for k in range(max_lag + 1)])
-    A = np.stack([np.stack([xc[k - 1], xc[k - 2]]) for k in range(3, max_lag + 1)])  # (K, 2, N)
-    b = xc[3:max_lag + 1]
-    AtA = np.einsum("kin,kjn->ijn", A, A)
-    Atb = np.einsum("kin,kn->in", A, b)
-    det = AtA[0, 0] * AtA[1, 1] - AtA[0, 1] * AtA[1, 0]
-    det = np.where(det != 0, det, np.nan)
-    return (AtA[0, 0] * Atb[1] - AtA[1, 0] * Atb[0]) / det
-
-
 def _shrink(x: np.ndarray, valid: np.ndarray, prior: float, prior_sd: float) -> np.ndarray:
     """Empirical-Bayes shrinkage of per-ROI log time constants ``x`` (N,).
 
@@ -212,24 +186,23 @@ def estimate_parameters(F: np.ndarray, fs: float, settings: DeconvSettings, *,
     slow autocovariance), which made the fully revised solution worse than the lag-5 one;
     the pooled estimate recovers nearly all of the accuracy of the true kinetics.
 
-    Model (``model="auto"``), in two steps. (1) Is a rise resolvable at all? With an
-    indicator preset: when its published rise time constant spans at least
+    Model (``model="auto"``), in two steps. (1) Can a rise be resolved at this frame rate?
+    With an indicator preset: when its published rise time constant spans at least
     ``RISE_MIN_FRAMES`` (one) frame intervals (a faster rise is complete within the first
     frame, where AR(1) describes the sampled kernel as well and the second root only adds
-    estimation noise and cost). Without one: when the population's noise-free AR(2) fits
-    show a rise (the median over ROIs of ``noise_free_ar2_g2`` is below ``RISE_G2_MAX`` and
-    2 standard errors below 0; noisy with a few ROIs or a short batch: then name the
-    indicator) and the ROI's pooled rise time constant spans at least one frame. Ordinary
-    AR(2) fits cannot answer this: measurement noise (and the spikes' own power in the PSD
-    noise estimate) makes them find a rise of about one frame in pure AR(1) data. (2) Where
-    it is, per ROI: the BIC of the two deconvolutions of its batch (``fit_evidence_ar2``:
-    OASIS AR(1) and AR(2) with the pooled kinetics, ``T log(RSS / T) + k log T``, k the
-    spikes found plus the AR order), read as a log Bayes factor ``dBIC / 2`` on top of the
-    population's prior log-odds (the fraction of those ROIs preferring AR(2), clipped to
-    [0.05, 0.95]). AR(2) where the sum is positive, else AR(1). (The BIC of the plain AR
-    fits, ``T log(s1^2 / s2^2)`` from the noise-corrected autocovariances, only sets the
-    prior where step (2) does not run, e.g. fixed kinetics.) Cost: two extra passes of the
-    kernels over the batch, about 40-60 ms per 1,000 ROIs, once.
+    estimation noise and cost); without one: when the ROI's pooled rise time constant does.
+    (2) Where it can, per ROI: the BIC of the two deconvolutions of its batch
+    (``fit_evidence_ar2``: OASIS AR(1) and AR(2) with the pooled kinetics,
+    ``T log(RSS / T) + k log T``, k the spikes found plus the AR order), read as a log Bayes
+    factor ``dBIC / 2`` on top of the population's prior log-odds (the fraction of those ROIs
+    preferring AR(2), clipped to [0.05, 0.95]); AR(2) where the sum is positive, else AR(1).
+    Step (1) alone cannot decide: the noise-corrected AR(2) fits find a rise of about one
+    frame in pure AR(1) data too (measurement noise, and the spikes' own power in the PSD
+    noise estimate); step (2) then rejects it. The BIC of the plain AR fits (latent
+    innovation variances from the noise-corrected autocovariances) is not used as evidence
+    for that reason; it only sets the prior where step (2) does not run (fixed kinetics).
+    Cost of step (2): two extra passes of the kernels over the batch, about 40-60 ms per
+    1,000 ROIs, once.
     """
     F = np.asarray(F, dtype=np.float64)
     T, N = F.shape
@@ -305,15 +278,7 @@ def estimate_parameters(F: np.ndarray, fs: float, settings: DeconvSettings, *,
         if settings.indicator != "auto" or settings.kinetics == "fixed":
             rise_ok = np.full(N, tau_r0 * fs >= RISE_MIN_FRAMES)  # the preset's published rise decides
         else:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                g2_free = noise_free_ar2_g2(y)
-            g2f = g2_free[np.isfinite(g2_free)]
-            rise_seen = False
-            if g2f.size >= 3:  # median clearly below RISE_G2_MAX and 2 standard errors below 0
-                g2_med = float(np.median(g2f))
-                se = 1.2533 * 1.4826 * float(np.median(np.abs(g2f - g2_med))) / np.sqrt(g2f.size)
-                rise_seen = g2_med < RISE_G2_MAX and g2_med + 2.0 * se < 0.0
-            rise_ok = bool(rise_seen) & (np.exp(tr2) * fs >= RISE_MIN_FRAMES)
+            rise_ok = np.exp(tr2) * fs >= RISE_MIN_FRAMES
         use2 = (prior_logodds + evidence > 0) & rise_ok
         if settings.kinetics != "fixed" and rise_ok.any():
             # the decisive per-ROI evidence: BIC of the two deconvolutions' fits of the batch
