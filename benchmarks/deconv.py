@@ -326,7 +326,9 @@ def indicator_accuracy(indicator: str, n: int, trials: int, seed: int) -> list[d
     neuropil, drift, shot noise), one continuous session. Rows: the stage with
     model ar1 / ar2 / auto (kinetics estimated, no indicator prior) at lag 5 and fully
     revised (lag = revise = 60), ``auto`` with the indicator's preset, the per-ROI
-    kinetics estimate of earlier versions (``kinetics="per_roi"``), and batch OASIS
+    kinetics estimate of earlier versions (``kinetics="per_roi"``) and the preset's kinetics
+    for every ROI (``kinetics="fixed"``, the simulation's median values), both at lag 5 and
+    fully revised, and batch OASIS
     (``oasis.functions.deconvolve``, AR(1) / AR(2) with its own per-trace estimation).
     """
     from oasis.functions import deconvolve
@@ -337,6 +339,7 @@ def indicator_accuracy(indicator: str, n: int, trials: int, seed: int) -> list[d
     rig = VirtualRig(RigConfig(n_neurons=n, seed=seed, indicator=indicator))
     gt = rig.ground_truth_session(range(trials))
     F, spikes = gt.fluorescence, gt.spikes
+    preset = indicator.lower()
     rows: list[dict[str, Any]] = []
 
     def add(impl: str, model: str, lag: int | None, est: np.ndarray, **extra: Any) -> None:
@@ -353,13 +356,17 @@ def indicator_accuracy(indicator: str, n: int, trials: int, seed: int) -> list[d
                 assert st.parameters is not None
                 extra["ar2_fraction"] = float(np.mean(st.parameters.g2 != 0.0))
             add("rt_decoder", model, lag, deconvolve_array(F, FS_HZ, s), **extra)
-    preset = indicator.lower()
     add("rt_decoder", "auto", 5, deconvolve_array(F, FS_HZ, DeconvSettings(indicator=preset)),
         kinetics="estimate", indicator_prior=preset)
     for model in ("ar1", "ar2"):
-        s = DeconvSettings(model=model, kinetics="per_roi")
-        add("rt_decoder_per_roi_kinetics", model, 5, deconvolve_array(F, FS_HZ, s), kinetics="per_roi",
-            indicator_prior="auto")
+        for lag in (5, 60):  # the estimator of earlier versions, and the readout finding it explains
+            s = DeconvSettings(model=model, kinetics="per_roi", lag_frames=lag, revise_frames=lag)
+            add("rt_decoder_per_roi_kinetics", model, lag, deconvolve_array(F, FS_HZ, s), kinetics="per_roi",
+                indicator_prior="auto")
+            # the preset's (the simulation's median) kinetics for every ROI
+            s = DeconvSettings(model=model, kinetics="fixed", indicator=preset, lag_frames=lag, revise_frames=lag)
+            add("rt_decoder_preset_kinetics", model, lag, deconvolve_array(F, FS_HZ, s), kinetics="fixed",
+                indicator_prior=preset)
     for p, model in ((1, "ar1"), (2, "ar2")):
         batch = np.zeros(F.shape)
         for i in range(n):
@@ -455,7 +462,8 @@ def print_table(result: dict[str, Any]) -> None:
         print("\nvirtual-rig indicators, corr after smoothing (sigma 2 frames, first 300 frames out); "
               "rt_decoder at lag 5 / fully revised")
         print(f"{'indicator':<9} {'ar1':>13} {'ar2':>13} {'auto':>13} {'auto-best':>9} {'ar2 frac':>8} "
-              f"{'auto+preset':>11} {'per-ROI ar1':>11} {'batch ar1':>9} {'batch ar2':>9}")
+              f"{'auto+preset':>11} {'per-ROI ar1':>13} {'per-ROI ar2':>13} {'preset ar1':>13} {'preset ar2':>13} "
+              f"{'batch ar1':>9} {'batch ar2':>9}")
         for ind in dict.fromkeys(r["indicator"] for r in ind_rows):
             rr = [r for r in ind_rows if r["indicator"] == ind]
 
@@ -471,8 +479,11 @@ def print_table(result: dict[str, Any]) -> None:
             frac = next(r["ar2_fraction"] for r in rr if "ar2_fraction" in r)
             print(f"{ind:<9} {icells[0]:>13} {icells[1]:>13} {icells[2]:>13} {gap:>+9.3f} {frac:>8.2f} "
                   f"{get('rt_decoder', 'auto', 5, ind.lower()):>11.3f} "
-                  f"{get('rt_decoder_per_roi_kinetics', 'ar1', 5):>11.3f} {get('oasis_batch', 'ar1', None):>9.3f} "
-                  f"{get('oasis_batch', 'ar2', None):>9.3f}")
+                  + " ".join(f"{get(impl, m, 5, pr):.3f}/{get(impl, m, 60, pr):.3f}".rjust(13)
+                             for impl, pr in (("rt_decoder_per_roi_kinetics", "auto"),
+                                              ("rt_decoder_preset_kinetics", ind.lower()))
+                             for m in ("ar1", "ar2"))
+                  + f" {get('oasis_batch', 'ar1', None):>9.3f} {get('oasis_batch', 'ar2', None):>9.3f}")
 
 
 if __name__ == "__main__":
