@@ -333,8 +333,10 @@ def indicator_accuracy(indicator: str, n: int, trials: int, seed: int) -> list[d
     """
     from oasis.functions import deconvolve
 
-    from rt_decoder.deconv import DeconvSettings, OnlineDeconvolver, deconvolve_array
-    from rt_decoder.sim import RigConfig, VirtualRig
+    from rt_decoder.deconv import DeconvSettings, OnlineDeconvolver, deconvolve_array, estimate_parameters
+    from rt_decoder.sim import INDICATORS, RigConfig, VirtualRig
+
+    INDICATOR_TAU_DECAY_S = {k: v.tau_decay_s for k, v in INDICATORS.items()}  # noqa: N806
 
     rig = VirtualRig(RigConfig(n_neurons=n, seed=seed, indicator=indicator))
     gt = rig.ground_truth_session(range(trials))
@@ -361,8 +363,15 @@ def indicator_accuracy(indicator: str, n: int, trials: int, seed: int) -> list[d
     for model in ("ar1", "ar2"):
         for lag in (5, 60):  # the estimator of earlier versions, and the readout finding it explains
             s = DeconvSettings(model=model, kinetics="per_roi", lag_frames=lag, revise_frames=lag)
+            tau: dict[str, Any] = {}
+            if model == "ar1" and lag == 5:  # how far the per-ROI decay estimates scatter
+                g1 = estimate_parameters(F[:s.init_frames], FS_HZ, s).g1
+                tau_s = -1.0 / (FS_HZ * np.log(g1))
+                tau = {"tau_decay_s_median": float(np.median(tau_s)),
+                       "tau_decay_s_p10_p90": [float(np.percentile(tau_s, 10)), float(np.percentile(tau_s, 90))],
+                       "tau_decay_s_simulated_median": INDICATOR_TAU_DECAY_S[indicator]}
             add("rt_decoder_per_roi_kinetics", model, lag, deconvolve_array(F, FS_HZ, s), kinetics="per_roi",
-                indicator_prior="auto")
+                indicator_prior="auto", **tau)
             # the preset's (the simulation's median) kinetics for every ROI
             s = DeconvSettings(model=model, kinetics="fixed", indicator=preset, lag_frames=lag, revise_frames=lag)
             add("rt_decoder_preset_kinetics", model, lag, deconvolve_array(F, FS_HZ, s), kinetics="fixed",

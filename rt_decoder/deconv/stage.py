@@ -13,8 +13,10 @@ Timeline of a live stream
   batch is deconvolved (catch-up; one-off cost measured here about 30 ms per 1,000 ROIs,
   i.e. that frame is late by 0.3 s at 10,000 ROIs, 0.6-1 s with ``model="auto"`` when a
   rise is resolvable, which compares both models' fits of the batch: pass ``parameters=``
-  to avoid it) and this frame's
-  activity is the real lagged estimate. ``recent(W)`` covers the batch frames from then on.
+  to avoid it) and this frame's activity is the real lagged estimate. ``recent(W)`` covers
+  the batch frames from then on.
+- Readout: an estimate is revised as new frames arrive until it is ``revise_frames`` old,
+  then it is final (``recent`` returns it; a ``lag_frames`` beyond ``revise_frames`` reads it).
 - Afterwards: each frame costs one kernel pass (two with ``model="auto"`` when the ROIs
   are split between AR(1) and AR(2)). The ActivityFrame returned for input
   frame t keeps t's ``seq``, ``frame_index`` and ``acq_ns`` (so stage latency is measured
@@ -29,7 +31,7 @@ the estimates are exactly those of a trace with NaN at those frames. A frame of 
 length raises ``ShapeMismatchError`` before any state changes.
 
 This module imports numpy, the standard library and rt_decoder (numba via ``_kernels``,
-scipy for the initial estimation, both lazily).
+lazily; no scipy).
 """
 
 from __future__ import annotations
