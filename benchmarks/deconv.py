@@ -376,10 +376,10 @@ def indicator_accuracy(indicator: str, n: int, trials: int, seed: int) -> list[d
             s = DeconvSettings(model=model, kinetics="fixed", indicator=preset, lag_frames=lag, revise_frames=lag)
             add("rt_decoder_preset_kinetics", model, lag, deconvolve_array(F, FS_HZ, s), kinetics="fixed",
                 indicator_prior=preset)
-    for p, model in ((1, "ar1"), (2, "ar2")):
+    for tau_r, model in ((0.0, "ar1"), (None, "ar2")):  # decay (and rise) estimated per trace by OASIS
         batch = np.zeros(F.shape)
         for i in range(n):
-            batch[:, i] = deconvolve(F[:, i].astype(np.float64), g=(None,) * p, penalty=1)[1]
+            batch[:, i] = deconvolve(F[:, i].astype(np.float64), tau_d=None, tau_r=tau_r, penalty=1)[1]
         add("oasis_batch", model, None, batch)
     return rows
 
