@@ -25,6 +25,7 @@ test: venv
 
 bench: venv
 	$(PY) -m benchmarks.deconv --out bench-deconv.json
+	$(PY) -m benchmarks.cold_start --out bench-cold-start.json
 	$(PY) -m benchmarks.latency --out bench-latency.json
 	$(PY) -m benchmarks.encoder --out bench-encoder.json
 	$(PY) -m benchmarks.rig_pacing --out bench-rig-pacing.json

@@ -6,8 +6,9 @@ Run::
 
 Speed: median and p99 wall time of one ``OnlineDeconvolver.__call__`` (FluorescenceFrame ->
 ActivityFrame, all ROIs, after warm-up and the initial batch) for N = 1,000 / 10,000 /
-100,000 ROIs with numba on 1 and 2 threads (AR(1), default settings; ``rt_decoder_ar2``:
-AR(2), 1 thread); with one thread also the calling thread's CPU time per frame
+100,000 ROIs with numba on 1 and 2 threads (AR(1), otherwise default settings; ``rt_decoder_ar2``:
+AR(2), 1 thread; ``rt_decoder_auto``: ``model="auto"``, the default, 1 thread, with the
+fraction of ROIs it put on AR(2)); with one thread also the calling thread's CPU time per frame
 (``frame_cpu_ms_*``), which a shared, loaded machine does not inflate; compared, in the
 same run, with
 
@@ -20,13 +21,19 @@ same run, with
   per neuron; its per-frame time is the total divided by the number of frames (amortised,
   not a live latency; for 100,000 neurons extrapolated from 10,000).
 
-Accuracy: mean over neurons of the Pearson correlation between inferred and true spikes,
+Accuracy (1): mean over neurons of the Pearson correlation between inferred and true spikes,
 on simulated AR(1) and AR(2) traces at several SNRs (one spike's calcium jump divided by
 the noise standard deviation), for the stage read out at lags 0/1/2/5/30 frames (known
 kinetics, all else estimated online), the same stage with estimated kinetics
 (``rt_decoder_est``), the per-neuron online loop, and batch OASIS with known kinetics
 (``oasis.functions.deconvolve``, L1 penalty chosen from the noise level, baseline
-optimised: its documented default).
+optimised: its documented default). These rows have ``indicator: null``.
+
+Accuracy (2), per indicator of the virtual rig (``rt_decoder.sim.INDICATORS``: GCaMP6s,
+6f, 7f, 8f, 8m, 8s; rows with ``indicator``): see ``indicator_accuracy``; ``spike_corr``
+as above and ``spike_corr_smoothed`` (the protocol of the real ground-truth recordings:
+Gaussian smoothing, sigma 2 frames, of estimate and spike counts, first 300 frames out).
+Models ``ar1``, ``ar2`` and ``auto`` (per-ROI choice, ``ar2_fraction``).
 """
 
 from __future__ import annotations
@@ -209,6 +216,9 @@ def time_stage(n: int, threads: int, frames: int, seed: int, model: str = "ar1")
     row = {"impl": "rt_decoder" if model == "ar1" else f"rt_decoder_{model}", "neurons": n, "threads": threads,
            "frame_ms_median": float(np.median(ts)), "frame_ms_p99": float(np.percentile(ts, 99)),
            "frames_timed": frames}
+    if model == "auto":
+        assert stage.parameters is not None
+        row["ar2_fraction"] = float(np.mean(stage.parameters.g2 != 0.0))
     if threads == 1:  # CPU time of the calling thread (= all the work on one thread): immune to preemption
         row["frame_cpu_ms_median"] = float(np.median(cpu) / 1e6)
         row["frame_cpu_ms_p99"] = float(np.percentile(cpu, 99) / 1e6)
@@ -270,14 +280,18 @@ def accuracy(model: str, snr: float, n: int, T: int, lags: list[int], seed: int,
     for i in range(n):
         batch[:, i] = deconvolve(F[:, i].astype(np.float64), tau_d=TAU_DECAY_S, tau_r=tau_r, framerate=FS_HZ,
                                  penalty=1)[1]
-    rows.append({"impl": "oasis_batch", "model": model, "snr": snr, "lag_frames": None, "spike_corr": spike_corr(batch, spikes)})
+    rows.append({"impl": "oasis_batch", "indicator": None, "model": model, "snr": snr, "lag_frames": None,
+                 "spike_corr": spike_corr(batch, spikes)})
     for L in lags:
-        row_lag: dict[str, Any] = {"model": model, "snr": snr, "lag_frames": L}
+        row_lag: dict[str, Any] = {"indicator": None, "model": model, "snr": snr, "lag_frames": L}
+        # revise_frames = L (>= the default 5): the row is the estimate as read at lag L
+        rev = max(5, L)
         s = DeconvSettings(model=model, kinetics="fixed", tau_decay_s=TAU_DECAY_S, tau_rise_s=TAU_RISE_S,
-                           lag_frames=L, history_frames=max(64, L + 1))
+                           lag_frames=L, revise_frames=rev, history_frames=max(64, L + 1))
         est = deconvolve_array(F, FS_HZ, s)
         rows.append({"impl": "rt_decoder", **row_lag, "spike_corr": spike_corr(est, spikes)})
-        s_est = DeconvSettings(model=model, kinetics="estimate", lag_frames=L, history_frames=max(64, L + 1))
+        s_est = DeconvSettings(model=model, kinetics="estimate", lag_frames=L, revise_frames=rev,
+                               history_frames=max(64, L + 1))
         est2 = deconvolve_array(F, FS_HZ, s_est)
         rows.append({"impl": "rt_decoder_est", **row_lag, "spike_corr": spike_corr(est2, spikes)})
         if model == "ar1" and n_per_neuron > 0:
@@ -291,6 +305,82 @@ def accuracy(model: str, snr: float, n: int, T: int, lags: list[int], seed: int,
             aligned[:T - L] = lagged[L:]
             rows.append({"impl": "per_neuron_online", **row_lag, "spike_corr": spike_corr(aligned, spikes[:, :m]),
                          "neurons_evaluated": m})
+    return rows
+
+
+def smoothed_corr(est: np.ndarray, spikes: np.ndarray, sigma_frames: float = 2.0, skip_frames: int = 300) -> float:
+    """The real-data protocol: mean over neurons of corr after Gaussian smoothing (sigma 2 frames) of
+    both the estimate and the spike counts, the first ``skip_frames`` frames left out."""
+    from scipy.ndimage import gaussian_filter1d
+
+    e = gaussian_filter1d(np.asarray(est, np.float64)[skip_frames:], sigma_frames, axis=0)
+    sp = gaussian_filter1d(np.asarray(spikes, np.float64)[skip_frames:], sigma_frames, axis=0)
+    return spike_corr(e, sp)
+
+
+def indicator_accuracy(indicator: str, n: int, trials: int, seed: int) -> list[dict[str, Any]]:
+    """Accuracy on the virtual rig's imaging of one indicator (rt_decoder.sim presets).
+
+    Spikes: the rig's stimulus-driven gamma-Poisson trains of ``n`` neurons over ``trials``
+    10 s trials; fluorescence: the rig's imaging (indicator kinetics and saturation,
+    neuropil, drift, shot noise), one continuous session. Rows: the stage with
+    model ar1 / ar2 / auto (kinetics estimated, no indicator prior) at lag 5 and fully
+    revised (lag = revise = 60), ``auto`` with the indicator's preset, the per-ROI
+    kinetics estimate of earlier versions (``kinetics="per_roi"``) and the preset's kinetics
+    for every ROI (``kinetics="fixed"``, the simulation's median values), both at lag 5 and
+    fully revised, and batch OASIS
+    (``oasis.functions.deconvolve``, AR(1) / AR(2) with its own per-trace estimation).
+    """
+    from oasis.functions import deconvolve
+
+    from rt_decoder.deconv import DeconvSettings, OnlineDeconvolver, deconvolve_array, estimate_parameters
+    from rt_decoder.sim import INDICATORS, RigConfig, VirtualRig
+
+    INDICATOR_TAU_DECAY_S = {k: v.tau_decay_s for k, v in INDICATORS.items()}  # noqa: N806
+
+    rig = VirtualRig(RigConfig(n_neurons=n, seed=seed, indicator=indicator))
+    gt = rig.ground_truth_session(range(trials))
+    F, spikes = gt.fluorescence, gt.spikes
+    preset = indicator.lower()
+    rows: list[dict[str, Any]] = []
+
+    def add(impl: str, model: str, lag: int | None, est: np.ndarray, **extra: Any) -> None:
+        rows.append({"impl": impl, "indicator": indicator, "model": model, "snr": None, "lag_frames": lag,
+                     "spike_corr": spike_corr(est, spikes), "spike_corr_smoothed": smoothed_corr(est, spikes), **extra})
+
+    for model in ("ar1", "ar2", "auto"):
+        for lag in (5, 60):
+            s = DeconvSettings(model=model, lag_frames=lag, revise_frames=lag, history_frames=64)
+            extra: dict[str, Any] = {"kinetics": "estimate", "indicator_prior": "auto"}
+            if model == "auto" and lag == 5:
+                st = OnlineDeconvolver(s, n, FS_HZ, warmup=False)
+                st.process(F[:s.init_frames])
+                assert st.parameters is not None
+                extra["ar2_fraction"] = float(np.mean(st.parameters.g2 != 0.0))
+            add("rt_decoder", model, lag, deconvolve_array(F, FS_HZ, s), **extra)
+    add("rt_decoder", "auto", 5, deconvolve_array(F, FS_HZ, DeconvSettings(indicator=preset)),
+        kinetics="estimate", indicator_prior=preset)
+    for model in ("ar1", "ar2"):
+        for lag in (5, 60):  # the estimator of earlier versions, and the readout finding it explains
+            s = DeconvSettings(model=model, kinetics="per_roi", lag_frames=lag, revise_frames=lag)
+            tau: dict[str, Any] = {}
+            if model == "ar1" and lag == 5:  # how far the per-ROI decay estimates scatter
+                g1 = estimate_parameters(F[:s.init_frames], FS_HZ, s).g1
+                tau_s = -1.0 / (FS_HZ * np.log(g1))
+                tau = {"tau_decay_s_median": float(np.median(tau_s)),
+                       "tau_decay_s_p10_p90": [float(np.percentile(tau_s, 10)), float(np.percentile(tau_s, 90))],
+                       "tau_decay_s_simulated_median": INDICATOR_TAU_DECAY_S[indicator]}
+            add("rt_decoder_per_roi_kinetics", model, lag, deconvolve_array(F, FS_HZ, s), kinetics="per_roi",
+                indicator_prior="auto", **tau)
+            # the preset's (the simulation's median) kinetics for every ROI
+            s = DeconvSettings(model=model, kinetics="fixed", indicator=preset, lag_frames=lag, revise_frames=lag)
+            add("rt_decoder_preset_kinetics", model, lag, deconvolve_array(F, FS_HZ, s), kinetics="fixed",
+                indicator_prior=preset)
+    for tau_r, model in ((0.0, "ar1"), (None, "ar2")):  # decay (and rise) estimated per trace by OASIS
+        batch = np.zeros(F.shape)
+        for i in range(n):
+            batch[:, i] = deconvolve(F[:, i].astype(np.float64), tau_d=None, tau_r=tau_r, penalty=1)[1]
+        add("oasis_batch", model, None, batch)
     return rows
 
 
@@ -321,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
                 speed.append(time_stage(n, th, frames[n], args.seed))
                 print(f"  speed rt_decoder N={n} threads={th}: {speed[-1]['frame_ms_median']:.3f} ms", file=sys.stderr)
         speed.append(time_stage(n, 1, frames[n], args.seed, model="ar2"))
+        speed.append(time_stage(n, 1, frames[n], args.seed, model="auto"))
         if pn_frames[n]:
             speed.append(time_per_neuron(n, pn_frames[n], args.seed, fit_next))
         speed.append(time_batch(n, 300 if q else 1000, args.seed))
@@ -329,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
         for snr in snrs:
             accuracy_rows += accuracy(model, snr, acc_n, acc_T, lags, args.seed, fit_next, 20 if q else 50)
             print(f"  accuracy {model} snr={snr} done", file=sys.stderr)
+    from rt_decoder.sim import INDICATORS
+
+    ind_n, ind_trials = (60, 5) if q else (200, 10)
+    for ind in INDICATORS:
+        accuracy_rows += indicator_accuracy(ind, ind_n, ind_trials, args.seed)
+        print(f"  accuracy {ind} done", file=sys.stderr)
     result = {
         "benchmark": "deconv",
         "command": "python -m benchmarks.deconv" + (" --quick" if q else "") + f" --out {args.out}",
@@ -338,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "settings": DeconvSettings().to_dict(),
         "simulation": {"fs_hz": FS_HZ, "tau_decay_s": TAU_DECAY_S, "tau_rise_s": TAU_RISE_S,
-                       "spike_rate_hz": SPIKE_RATE_HZ, "accuracy_neurons": acc_n, "accuracy_frames": acc_T},
+                       "spike_rate_hz": SPIKE_RATE_HZ, "accuracy_neurons": acc_n, "accuracy_frames": acc_T,
+                       "indicator_neurons": ind_n, "indicator_trials": ind_trials},
         "speed": speed,
         "accuracy": accuracy_rows,
         "wall_s": time.time() - t_start,
@@ -356,7 +454,7 @@ def print_table(result: dict[str, Any]) -> None:
         cpu = (f" {r['frame_cpu_ms_median']:>8.3f} {r['frame_cpu_ms_p99']:>8.3f}" if "frame_cpu_ms_median" in r else "")
         print(f"{r['impl']:<18} {r['neurons']:>8} {r['threads']:>3} {r['frame_ms_median']:>10.3f} "
               f"{r['frame_ms_p99']:>9.3f}{cpu}")
-    acc = result["accuracy"]
+    acc = [r for r in result["accuracy"] if r["indicator"] is None]
     lags = sorted({r["lag_frames"] for r in acc if r["lag_frames"] is not None})
     print(f"\n{'model':<5} {'snr':>4} {'impl':<18} " + " ".join(f"{'lag' + str(L):>7}" for L in lags) + f" {'batch':>7}")
     for model in ("ar1", "ar2"):
@@ -368,6 +466,33 @@ def print_table(result: dict[str, Any]) -> None:
                 if vals:
                     cells = " ".join(f"{vals.get(L, float('nan')):>7.3f}" for L in lags)
                     print(f"{model:<5} {snr:>4} {impl:<18} {cells} {b[0] if b else float('nan'):>7.3f}")
+    ind_rows = [r for r in result["accuracy"] if r["indicator"] is not None]
+    if ind_rows:
+        print("\nvirtual-rig indicators, corr after smoothing (sigma 2 frames, first 300 frames out); "
+              "rt_decoder at lag 5 / fully revised")
+        print(f"{'indicator':<9} {'ar1':>13} {'ar2':>13} {'auto':>13} {'auto-best':>9} {'ar2 frac':>8} "
+              f"{'auto+preset':>11} {'per-ROI ar1':>13} {'per-ROI ar2':>13} {'preset ar1':>13} {'preset ar2':>13} "
+              f"{'batch ar1':>9} {'batch ar2':>9}")
+        for ind in dict.fromkeys(r["indicator"] for r in ind_rows):
+            rr = [r for r in ind_rows if r["indicator"] == ind]
+
+            def get(impl: str, model: str, lag: int | None, prior: str = "auto") -> float:
+                for r in rr:
+                    if (r["impl"], r["model"], r["lag_frames"]) == (impl, model, lag) and \
+                            r.get("indicator_prior", "auto") in (prior, None):
+                        return float(r["spike_corr_smoothed"])
+                return float("nan")
+
+            icells = [f"{get('rt_decoder', m, 5):.3f}/{get('rt_decoder', m, 60):.3f}" for m in ("ar1", "ar2", "auto")]
+            gap = get("rt_decoder", "auto", 5) - max(get("rt_decoder", "ar1", 5), get("rt_decoder", "ar2", 5))
+            frac = next(r["ar2_fraction"] for r in rr if "ar2_fraction" in r)
+            print(f"{ind:<9} {icells[0]:>13} {icells[1]:>13} {icells[2]:>13} {gap:>+9.3f} {frac:>8.2f} "
+                  f"{get('rt_decoder', 'auto', 5, ind.lower()):>11.3f} "
+                  + " ".join(f"{get(impl, m, 5, pr):.3f}/{get(impl, m, 60, pr):.3f}".rjust(13)
+                             for impl, pr in (("rt_decoder_per_roi_kinetics", "auto"),
+                                              ("rt_decoder_preset_kinetics", ind.lower()))
+                             for m in ("ar1", "ar2"))
+                  + f" {get('oasis_batch', 'ar1', None):>9.3f} {get('oasis_batch', 'ar2', None):>9.3f}")
 
 
 if __name__ == "__main__":

@@ -85,3 +85,62 @@ def test_bad_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     np.save(tmp_path / "obj.npy", np.array(["a", "b"]))
     assert main(["deconvolve", str(tmp_path / "obj.npy"), "--fs", "30", "--out", str(tmp_path / "o.npy")]) == 2
     assert "obj.npy" in capsys.readouterr().err
+
+
+def test_indicator_and_auto_model_options(tmp_path: Path) -> None:
+    F = fluorescence(360, 5, seed=4)
+    np.save(tmp_path / "f.npy", F.T)
+    out = tmp_path / "act.npy"
+    assert main(["deconvolve", str(tmp_path / "f.npy"), "--fs", "30", "--out", str(out), "--model", "auto",
+                 "--indicator", "gcamp8f"]) == 0
+    np.testing.assert_array_equal(np.load(out), deconvolve_array(F, FS, DeconvSettings(indicator="gcamp8f")))
+    assert not np.array_equal(np.load(out), deconvolve_array(F, FS, DeconvSettings(indicator="gcamp6s")))
+    with pytest.raises(SystemExit):
+        main(["deconvolve", str(tmp_path / "f.npy"), "--fs", "30", "--out", str(out), "--indicator", "gcamp3"])
+
+
+def test_service_config_takes_auto_model_and_indicator(tmp_path: Path) -> None:
+    from rt_decoder.errors import ConfigError
+    from streaming.config import load_config
+
+    cfg = tmp_path / "serve.toml"
+    cfg.write_text('[deconv]\nmodel = "auto"\nindicator = "gcamp6f"\nrevise_frames = 8\n')
+    settings = DeconvSettings.from_dict(load_config(cfg).deconv_dict)
+    assert (settings.model, settings.indicator, settings.revise_frames) == ("auto", "gcamp6f", 8)
+    cfg.write_text('[deconv]\nindicator = "gcamp9"\n')
+    with pytest.raises(ConfigError, match="indicator"):
+        load_config(cfg)
+
+
+_KERNEL_PROBE = """
+import sys
+from rt_decoder.deconv import _kernels as k
+if sys.argv[1] == "compile":
+    k.get_kernel("recent_ar1")
+print("CACHE", k.cache_dir())
+"""
+
+
+def _probe(env: dict[str, str], what: str) -> tuple[str, str]:
+    import os
+    import subprocess
+    import sys
+
+    full = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    full.update(env)
+    p = subprocess.run([sys.executable, "-c", _KERNEL_PROBE, what], env=full, capture_output=True, text=True,
+                       timeout=600, check=True)
+    return p.stdout, p.stderr
+
+
+def test_kernel_cache_location_and_one_compile_notice(tmp_path: Path) -> None:
+    # no NUMBA_CACHE_DIR: a per-user directory (works when the package directory is read-only)
+    out, _ = _probe({"XDG_CACHE_HOME": str(tmp_path / "xdg")}, "where")
+    assert f"CACHE {tmp_path / 'xdg' / 'rt-decoder' / 'numba'}" in out
+    # an empty cache: the compile notice, once; a filled one: silence
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    _, err = _probe(env, "compile")
+    assert err.count("compiling kernels, once per machine") == 1
+    assert any((tmp_path / "cache").rglob("*.nbi"))
+    _, err = _probe(env, "compile")
+    assert "compiling kernels" not in err

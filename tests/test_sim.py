@@ -322,3 +322,49 @@ def test_behaviour_has_running_bouts_and_a_pupil_that_follows_running() -> None:
     assert np.count_nonzero(np.diff(running.astype(int)) == 1) >= 10  # many bouts
     assert np.corrcoef(speed, pupil)[0, 1] > 0.3
     assert 0.3 < b[:, 2].std() < 5.0 and 0.3 < b[:, 3].std() < 5.0  # pupil centre moves a few degrees
+
+
+# ----------------------------------------------------------------------------- issue 14: indicator presets
+def test_indicator_presets_cover_the_deconvolution_presets() -> None:
+    from rt_decoder.deconv.settings import INDICATOR_KINETICS
+    from rt_decoder.sim import IndicatorPreset
+
+    assert {k.lower() for k in INDICATORS} == set(INDICATOR_KINETICS)
+    for name, preset in INDICATORS.items():
+        k = INDICATOR_KINETICS[name.lower()]
+        assert (preset.tau_rise_s, preset.tau_decay_s) == (k.tau_rise_s, k.tau_decay_s)
+    # the default rig's numbers (and GCaMP8m's) stay those the shipped model was trained on
+    assert INDICATORS["GCaMP6s"] == IndicatorPreset("GCaMP6s", 0.065, 1.25, 0.20, 0.0)
+    assert INDICATORS["GCaMP8m"] == IndicatorPreset("GCaMP8m", 0.012, 0.25, 0.30, 0.0)
+    assert RigConfig().indicator == "GCaMP6s"
+
+
+def test_saturating_indicator_is_sublinear_and_linear_ones_are_untouched() -> None:
+    spikes = np.zeros((120, 4), np.float32)
+    spikes[10] = [1.0, 5.0, 10.0, 20.0]
+    peaks = {}
+    for ind in ("GCaMP6s", "GCaMP8f"):
+        rig = VirtualRig(RigConfig(n_neurons=4, indicator=ind))
+        state = rig.imaging.initial_state(np.zeros(4, np.float32), np.random.default_rng(0))
+        dff = rig.imaging.expected_dff(spikes, state)
+        peaks[ind] = dff.max(axis=0) / rig.neuron_params["dff_per_spike"]
+        if ind == "GCaMP6s":  # linear: exactly the AR(2) recursion times the per-neuron scale
+            c = np.zeros(4, np.float32)
+            c1 = np.zeros(4, np.float32)
+            ref = np.empty_like(dff)
+            for t in range(120):
+                c, c1 = rig.imaging.phi1 * c + rig.imaging.phi2 * c1 + spikes[t], c
+                ref[t] = c * rig.imaging.dff_scale
+            np.testing.assert_array_equal(dff, ref)
+    np.testing.assert_allclose(peaks["GCaMP6s"], [1, 5, 10, 20], rtol=1e-5)
+    n = INDICATORS["GCaMP8f"].saturation_spikes
+    np.testing.assert_allclose(peaks["GCaMP8f"], [x * (1 + 1 / n) / (1 + x / n) for x in (1, 5, 10, 20)], rtol=1e-5)
+
+
+def test_ground_truth_session_is_the_streamed_session() -> None:
+    rig = VirtualRig(RigConfig(n_neurons=30, seed=3, trial_frames=40, indicator="GCaMP7f"))
+    gt = rig.ground_truth_session([2, 0])
+    blocks = list(rig.stream_trials([2, 0]))
+    np.testing.assert_array_equal(gt.fluorescence, np.concatenate([b.fluorescence for b in blocks]))
+    np.testing.assert_array_equal(gt.spikes, np.concatenate([rig.trial(2).spikes, rig.trial(0).spikes]))
+    assert gt.calcium.shape == gt.spikes.shape == (80, 30) and gt.trial_ids == (2, 0)

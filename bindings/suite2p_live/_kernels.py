@@ -1,13 +1,16 @@
 """Numba kernels of the live extractor (private: use ``Suite2pLiveExtractor``).
 
-Explicit signatures, caller-owned buffers, compiled at import (cached on disk). Each
+Explicit signatures, caller-owned buffers, compiled at import (cached on disk where
+``rt_decoder._jit`` says; the first compilation on a machine prints a notice). Each
 kernel has a plain numpy reference in ``reference.py`` that the tests compare it with.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
+from numba import types
+
+from rt_decoder._jit import jit_cached
 
 
 #: frame types accepted: int16 / uint16 / float32, C-contiguous, writeable or read-only
@@ -23,7 +26,7 @@ _SIG_EXTRACT = [types.void(fr, types.int64, types.int64, _I1, _I1, _I1, _F1, _I1
                 for fr in _FRAMES]
 
 
-@njit(_SIG_EXTRACT, cache=True, nogil=True, boundscheck=False)  # type: ignore[call-overload]
+@jit_cached(_SIG_EXTRACT, nogil=True, boundscheck=False)
 def extract(frame, dy, dx, cell_ptr, cell_y, cell_x, cell_w, run_ptr, run_y, run_x0, run_len,
             neu_npix, prefix, F, Fneu):  # pragma: no cover - compiled
     """F and Fneu of every ROI from the frame shifted by (dy, dx) (suite2p's np.roll(-dy, -dx)).
@@ -78,7 +81,7 @@ def extract(frame, dy, dx, cell_ptr, cell_y, cell_x, cell_w, run_ptr, run_y, run
             Fneu[n] = np.nan
 
 
-@njit(["void(complex64[:, ::1], complex64[:, ::1])"], cache=True, nogil=True, boundscheck=False)
+@jit_cached(["void(complex64[:, ::1], complex64[:, ::1])"], nogil=True, boundscheck=False)
 def whiten_multiply(X, cf):  # pragma: no cover - compiled
     """In place: X <- X / (1e-5 + |X|) * cf (suite2p's phase-correlation normalisation)."""
     eps = np.float32(1e-5)
@@ -101,7 +104,7 @@ _SIG_EXTRACT_BOX = [
 ]
 
 
-@njit(_SIG_EXTRACT_BOX, cache=True, nogil=True, boundscheck=False)  # type: ignore[call-overload]
+@jit_cached(_SIG_EXTRACT_BOX, nogil=True, boundscheck=False)
 def extract_box(frame, dy, dx, cell_ptr, cell_y, cell_x, cell_w, boxes, cell_pix, ring_ptr, ring_y, ring_x,
                 neu_npix, reg, I_all, I_cell, F, Fneu):  # pragma: no cover - compiled
     """Like ``extract`` for square neuropil regions, with integral images.
@@ -160,8 +163,8 @@ def extract_box(frame, dy, dx, cell_ptr, cell_y, cell_x, cell_w, boxes, cell_pix
 _S2 = types.Array(types.float32, 2, "C")
 
 
-@njit([types.void(fr, types.float32, types.float32, _S2, _S2, _S2) for fr in _FRAMES],
-      cache=True, nogil=True, boundscheck=False)  # type: ignore[call-overload]
+@jit_cached([types.void(fr, types.float32, types.float32, _S2, _S2, _S2) for fr in _FRAMES],
+            nogil=True, boundscheck=False)
 def taper(frame, lo, hi, mask_mul, mask_off, out):  # pragma: no cover - compiled
     """out = clip(frame, lo, hi) * mask_mul + mask_off, in float32 (registration input)."""
     for i in range(frame.shape[0]):

@@ -39,7 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fs", type=float, default=None,
                         help="frame rate in Hz (required unless INPUT is a session file)")
     parser.add_argument("--out", required=True, type=Path, help="output .npy (float32, (T, N))")
-    parser.add_argument("--model", choices=("ar1", "ar2"), default=None, help="calcium model (default: settings)")
+    parser.add_argument("--model", choices=("auto", "ar1", "ar2"), default=None,
+                        help="calcium model: auto (per ROI, the default), ar1 or ar2")
+    parser.add_argument("--indicator", choices=("auto", "gcamp6s", "gcamp6f", "gcamp7f", "gcamp8f", "gcamp8m",
+                                                "gcamp8s"), default=None,
+                        help="calcium indicator: prior for the kinetics (default auto: from the data)")
     parser.add_argument("--lag-frames", type=int, default=None, help="readout lag in frames (default 5)")
     parser.add_argument("--init-frames", type=int, default=None, help="initial estimation batch (default 300)")
     parser.add_argument("--kinetics", choices=("estimate", "fixed"), default=None)
@@ -125,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.threads <= max_threads:
             raise ConfigError(f"--threads must be in [1, {max_threads}], got {args.threads}")
         numba.set_num_threads(args.threads)
-    overrides = {k: getattr(args, k) for k in ("model", "lag_frames", "init_frames", "kinetics", "tau_decay_s",
+    overrides = {k: getattr(args, k) for k in ("model", "indicator", "lag_frames", "init_frames", "kinetics", "tau_decay_s",
                                                "tau_rise_s", "penalty", "penalty_sigmas")
                  if getattr(args, k) is not None}
     settings = DeconvSettings.from_dict(overrides)

@@ -29,17 +29,22 @@ fits, exact in real arithmetic, and exact with missing samples). A missing sampl
 or a sequence gap) extends the newest pool without data, as ``oasisAR1`` does with NaN.
 
 Flags live in one place (``_JIT``): no fastmath (bitwise agreement between runs and with
-the reference's operation order matters more than a few ns), ``cache=True`` (numba falls
-back to a user cache directory when the package directory is read-only).
+the reference's operation order matters more than a few ns), ``cache=True`` in the
+directory chosen by ``rt_decoder._jit`` (``NUMBA_CACHE_DIR``, else
+``~/.cache/rt-decoder/numba``: works when the package directory is read-only); each kernel
+is compiled (or loaded) on first use only, and the first real compilation on a machine
+announces itself on stderr (``rt_decoder._jit.COMPILE_NOTICE``).
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterable
 
 import numba as nb
 import numpy as np
+
+from rt_decoder import _jit
 
 # --- column indices ------------------------------------------------------------------
 P_G1, P_G2, P_D, P_R, P_SHIFT, P_SMIN, P_STEP, P_Q, P_ZOFF, P_SF, P_GINV = range(11)
@@ -466,7 +471,7 @@ def recent2(n, t, W, K, H, par, st, ist, pf, pl, hist, out):  # type: ignore[no-
 # exactly once, parallel=True; with numba.set_num_threads(1) prange runs on one thread)
 
 
-def _block_ar1(X, t0, lag, par, st, ist, pf, pl, hist, flags, out):  # type: ignore[no-untyped-def]
+def _block_ar1(X, t0, lag, rev, par, st, ist, pf, pl, hist, frz, flags, out):  # type: ignore[no-untyped-def]
     T = X.shape[0]
     K = pl.shape[1]
     H = hist.shape[0]
@@ -475,10 +480,18 @@ def _block_ar1(X, t0, lag, par, st, ist, pf, pl, hist, flags, out):  # type: ign
             t = t0 + k
             y = prep(n, X[k, n], par, st, flags)
             push1(n, y, t, K, H, par, st, ist, pf, pl, hist)
-            out[k, n] = read1(n, t - lag, t, K, H, par, st, ist, pf, pl, hist)
+            v = read1(n, t - rev, t, K, H, par, st, ist, pf, pl, hist)
+            if t >= rev:
+                frz[(t - rev) % H, n] = v  # this frame's estimate is final from now on
+            if lag == rev:
+                out[k, n] = v
+            elif lag < rev:
+                out[k, n] = read1(n, t - lag, t, K, H, par, st, ist, pf, pl, hist)
+            else:
+                out[k, n] = frz[(t - lag) % H, n] if t >= lag else 0.0
 
 
-def _block_ar2(X, t0, lag, par, st, ist, pf, pl, hist, flags, out):  # type: ignore[no-untyped-def]
+def _block_ar2(X, t0, lag, rev, par, st, ist, pf, pl, hist, frz, flags, out):  # type: ignore[no-untyped-def]
     T = X.shape[0]
     K = pl.shape[1]
     H = hist.shape[0]
@@ -487,12 +500,21 @@ def _block_ar2(X, t0, lag, par, st, ist, pf, pl, hist, flags, out):  # type: ign
             t = t0 + k
             y = prep(n, X[k, n], par, st, flags)
             push2(n, y, t, K, H, par, st, ist, pf, pl, hist)
-            out[k, n] = read2(n, t - lag, t, K, H, par, st, ist, pf, pl, hist)
+            v = read2(n, t - rev, t, K, H, par, st, ist, pf, pl, hist)
+            if t >= rev:
+                frz[(t - rev) % H, n] = v
+            if lag == rev:
+                out[k, n] = v
+            elif lag < rev:
+                out[k, n] = read2(n, t - lag, t, K, H, par, st, ist, pf, pl, hist)
+            else:
+                out[k, n] = frz[(t - lag) % H, n] if t >= lag else 0.0
 
 
-def _gap_ar1(n_missing, t0, par, st, ist, pf, pl, hist):  # type: ignore[no-untyped-def]
+def _gap_ar1(n_missing, t0, rev, par, st, ist, pf, pl, hist, frz):  # type: ignore[no-untyped-def]
     K = pl.shape[1]
     H = hist.shape[0]
+    t1 = t0 + n_missing - 1
     for n in nb.prange(pl.shape[0]):
         rem = n_missing
         if ist[n, I_CNT] == 0:
@@ -502,11 +524,16 @@ def _gap_ar1(n_missing, t0, par, st, ist, pf, pl, hist):  # type: ignore[no-unty
             sl = slot(ist[n, I_RING], ist[n, I_CNT] - 1, K)
             pl[n, sl] += rem
             pf[n, sl, F_GL] *= par[n, P_G1] ** rem
+        # frames that reached the revision horizon during the gap (nothing merges in a gap,
+        # so their estimates now are those they had then)
+        for u in range(max(0, t0 - rev, t1 - H + 1), t1 - rev + 1):
+            frz[u % H, n] = read1(n, u, t1, K, H, par, st, ist, pf, pl, hist)
 
 
-def _gap_ar2(n_missing, t0, par, st, ist, pf, pl, hist):  # type: ignore[no-untyped-def]
+def _gap_ar2(n_missing, t0, rev, par, st, ist, pf, pl, hist, frz):  # type: ignore[no-untyped-def]
     K = pl.shape[1]
     H = hist.shape[0]
+    t1 = t0 + n_missing - 1
     for n in nb.prange(pl.shape[0]):
         rem = n_missing
         if ist[n, I_CNT] == 0:
@@ -519,22 +546,28 @@ def _gap_ar2(n_missing, t0, par, st, ist, pf, pl, hist):  # type: ignore[no-unty
             pf[n, sl, F_PD] *= par[n, P_D] ** rem
             pf[n, sl, F_PR] *= par[n, P_R] ** rem
             refit2(n, j, ist[n, I_RING], K, par, st, ist, pf, pl)
+        for u in range(max(0, t0 - rev, t1 - H + 1), t1 - rev + 1):
+            frz[u % H, n] = read2(n, u, t1, K, H, par, st, ist, pf, pl, hist)
 
 
-def _recent_ar1(t, par, st, ist, pf, pl, hist, out):  # type: ignore[no-untyped-def]
+def _recent_ar1(t, rev, par, st, ist, pf, pl, hist, frz, out):  # type: ignore[no-untyped-def]
     K = pl.shape[1]
     H = hist.shape[0]
     W = out.shape[0]
     for n in nb.prange(pl.shape[0]):
         recent1(n, t, W, K, H, par, st, ist, pf, pl, hist, out)
+        for u in range(max(0, t - W + 1), t - rev + 1):  # final (frozen) estimates
+            out[u - t + W - 1, n] = frz[u % H, n]
 
 
-def _recent_ar2(t, par, st, ist, pf, pl, hist, out):  # type: ignore[no-untyped-def]
+def _recent_ar2(t, rev, par, st, ist, pf, pl, hist, frz, out):  # type: ignore[no-untyped-def]
     K = pl.shape[1]
     H = hist.shape[0]
     W = out.shape[0]
     for n in nb.prange(pl.shape[0]):
         recent2(n, t, W, K, H, par, st, ist, pf, pl, hist, out)
+        for u in range(max(0, t - W + 1), t - rev + 1):
+            out[u - t + W - 1, n] = frz[u % H, n]
 
 def _flush_ar1(t, par, st, ist, pf, pl, hist):  # type: ignore[no-untyped-def]
     # commit every pool (before the parameters change); later frames start from frozen values
@@ -554,24 +587,24 @@ def _flush_ar2(t, par, st, ist, pf, pl, hist):  # type: ignore[no-untyped-def]
 
 
 _SIG_BLOCK = (
-    "void(float32[:, ::1], int64, int64, float64[:, ::1], float64[:, ::1], int64[:, ::1], "
-    "float64[:, :, ::1], int32[:, ::1], float32[:, ::1], int64, float32[:, ::1])"
+    "void(float32[:, ::1], int64, int64, int64, float64[:, ::1], float64[:, ::1], int64[:, ::1], "
+    "float64[:, :, ::1], int32[:, ::1], float32[:, ::1], float32[:, ::1], int64, float32[:, ::1])"
 )
 _SIG_GAP = (
-    "void(int64, int64, float64[:, ::1], float64[:, ::1], int64[:, ::1], "
-    "float64[:, :, ::1], int32[:, ::1], float32[:, ::1])"
+    "void(int64, int64, int64, float64[:, ::1], float64[:, ::1], int64[:, ::1], "
+    "float64[:, :, ::1], int32[:, ::1], float32[:, ::1], float32[:, ::1])"
 )
 _SIG_FLUSH = (
     "void(int64, float64[:, ::1], float64[:, ::1], int64[:, ::1], "
     "float64[:, :, ::1], int32[:, ::1], float32[:, ::1])"
 )
 _SIG_RECENT = (
-    "void(int64, float64[:, ::1], float64[:, ::1], int64[:, ::1], "
-    "float64[:, :, ::1], int32[:, ::1], float32[:, ::1], float32[:, ::1])"
+    "void(int64, int64, float64[:, ::1], float64[:, ::1], int64[:, ::1], "
+    "float64[:, :, ::1], int32[:, ::1], float32[:, ::1], float32[:, ::1], float32[:, ::1])"
 )
 
 
-_PY = {
+_PY: dict[str, Callable[..., None]] = {
     "block_ar1": _block_ar1,
     "block_ar2": _block_ar2,
     "gap_ar1": _gap_ar1,
@@ -583,18 +616,41 @@ _PY = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def get_kernels() -> dict[str, Callable[..., None]]:
-    """Compile (or load from numba's cache) the kernels, once per process.
+_SIGS = {"block": _SIG_BLOCK, "gap": _SIG_GAP, "recent": _SIG_RECENT, "flush": _SIG_FLUSH}
+_compiled: dict[str, Callable[..., None]] = {}
+_lock = threading.Lock()
+
+
+def cache_dir() -> str:
+    """Where the compiled kernels are cached (see ``rt_decoder._jit``)."""
+    return _jit.cache_dir()
+
+
+def get_kernel(name: str) -> Callable[..., None]:
+    """One kernel (``block_ar1``, ``gap_ar2``, ...), compiled or loaded from the disk cache once
+    per process (``rt_decoder._jit.compile_cached``: the first real compilation on a machine
+    prints ``rt_decoder._jit.COMPILE_NOTICE`` on stderr).
 
     The number of threads is numba's (``numba.set_num_threads``); with one thread the
     ``prange`` loop runs serially.
 
-    Returns a dict: ``block_ar1/2(X, t0, lag, par, st, ist, pf, pl, hist, flags, out)``,
-    ``gap_ar1/2(n_missing, t0, par, st, ist, pf, pl, hist)`` and
-    ``recent_ar1/2(t, par, st, ist, pf, pl, hist, out)`` and
+    Signatures: ``block_ar1/2(X, t0, lag, rev, par, st, ist, pf, pl, hist, frz, flags, out)``,
+    ``gap_ar1/2(n_missing, t0, rev, par, st, ist, pf, pl, hist, frz)``,
+    ``recent_ar1/2(t, rev, par, st, ist, pf, pl, hist, frz, out)``,
     ``flush_ar1/2(t, par, st, ist, pf, pl, hist)``.
     """
-    sigs = {"block": _SIG_BLOCK, "gap": _SIG_GAP, "recent": _SIG_RECENT, "flush": _SIG_FLUSH}
-    return {name: nb.njit(sigs[name.split("_")[0]], parallel=True, **_JIT)(fn)  # type: ignore[type-var]
-            for name, fn in _PY.items()}
+    fn = _compiled.get(name)
+    if fn is not None:
+        return fn
+    with _lock:
+        fn = _compiled.get(name)
+        if fn is None:
+            opts = {k: v for k, v in _JIT.items() if k != "cache"}
+            fn = _compiled[name] = _jit.compile_cached(_PY[name], [_SIGS[name.split("_")[0]]], parallel=True,
+                                                       **opts)
+        return fn
+
+
+def get_kernels(names: Iterable[str] | None = None) -> dict[str, Callable[..., None]]:
+    """The kernels ``names`` (default: all) as a dict name -> compiled function (see ``get_kernel``)."""
+    return {name: get_kernel(name) for name in (_PY if names is None else names)}

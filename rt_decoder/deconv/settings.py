@@ -12,9 +12,35 @@ from typing import Any, Mapping
 
 from rt_decoder.errors import ConfigError
 
-MODELS = ("ar1", "ar2")
+MODELS = ("auto", "ar1", "ar2")
 PENALTIES = ("s_min", "l1")
-KINETICS = ("estimate", "fixed")
+KINETICS = ("estimate", "per_roi", "fixed")
+
+
+@dataclass(frozen=True)
+class IndicatorKinetics:
+    """Published single-spike kinetics of a calcium indicator (prior of the estimation).
+
+    ``tau_rise_s`` / ``tau_decay_s``: time constants (s) of the double exponential
+    ``exp(-t/tau_decay) - exp(-t/tau_rise)`` (half-times of the papers converted; sources in
+    docs/indicators.md). The virtual rig's presets (``rt_decoder.sim.INDICATORS``) use the
+    same values.
+    """
+
+    tau_rise_s: float
+    tau_decay_s: float
+
+
+#: ``DeconvSettings.indicator`` presets (lower-case names); "auto" = no preset
+INDICATOR_KINETICS: dict[str, IndicatorKinetics] = {
+    "gcamp6s": IndicatorKinetics(tau_rise_s=0.065, tau_decay_s=1.25),
+    "gcamp6f": IndicatorKinetics(tau_rise_s=0.045, tau_decay_s=0.40),
+    "gcamp7f": IndicatorKinetics(tau_rise_s=0.035, tau_decay_s=0.45),
+    "gcamp8f": IndicatorKinetics(tau_rise_s=0.007, tau_decay_s=0.12),
+    "gcamp8m": IndicatorKinetics(tau_rise_s=0.012, tau_decay_s=0.25),
+    "gcamp8s": IndicatorKinetics(tau_rise_s=0.015, tau_decay_s=0.45),
+}
+INDICATORS = ("auto", *INDICATOR_KINETICS)
 NORMALISE = ("dff", "none")
 BASELINE = ("tracked", "fixed")
 
@@ -25,8 +51,15 @@ class DeconvSettings:
 
     Parameters
     ----------
-    model : {"ar1", "ar2"}
-        Calcium model: AR(1) (decay only) or AR(2) (rise and decay).
+    model : {"auto", "ar1", "ar2"}
+        Calcium model: AR(1) (decay only), AR(2) (rise and decay), or ``"auto"``: chosen
+        per ROI from the initial batch (AR(2) where its fit is better by BIC and the rise
+        time is resolvable at the frame rate; see ``rt_decoder.deconv._estimate``).
+    indicator : {"auto", "gcamp6s", "gcamp6f", "gcamp7f", "gcamp8f", "gcamp8m", "gcamp8s"}
+        Calcium indicator: a preset gives the prior for the kinetics (published rise and
+        decay times, ``INDICATOR_KINETICS``; it replaces ``tau_decay_s``/``tau_rise_s``),
+        which dominates where the initial batch is short, noisy or holds few ROIs; ``"auto"``
+        uses ``tau_decay_s``/``tau_rise_s`` as a weak prior.
     penalty : {"s_min", "l1"}
         Sparsity: a minimum spike size, or an L1 penalty (lambda), both given as
         ``penalty_sigmas`` times the ROI's noise level (dF/F units).
@@ -35,6 +68,13 @@ class DeconvSettings:
     lag_frames : int
         Readout lag: the activity frame emitted for input frame t estimates frame
         ``t - lag_frames`` (OASIS revises recent frames as data arrive), in [0, history_frames).
+    revise_frames : int
+        How long an estimate is revised: the estimate of frame u is final once it is read
+        at frame ``u + revise_frames`` (``recent`` returns it from then on, and so does the
+        lagged readout for ``lag_frames > revise_frames``), in [0, history_frames). Default 5:
+        on the virtual rig's indicators the estimate at a lag of 5 frames was as good as or
+        better than the fully revised one (much better with mis-estimated kinetics, see the
+        README), so later revisions are not used.
     history_frames : int
         How many recent frames ``OnlineDeconvolver.recent`` can return, in [1, 4096].
     max_pools : int
@@ -46,9 +86,11 @@ class DeconvSettings:
     init_frames : int
         Length of the initial batch from which per-ROI parameters are estimated, in
         [30, 100000]. Ignored when parameters are given to the stage.
-    kinetics : {"estimate", "fixed"}
-        Estimate decay (and rise) per ROI from the initial batch (clipped to the bounds
-        below, falling back to ``tau_decay_s``/``tau_rise_s``), or use the fixed values.
+    kinetics : {"estimate", "per_roi", "fixed"}
+        ``"estimate"``: per-ROI decay (and rise) from the initial batch, shrunk towards the
+        population's median and the indicator prior (empirical Bayes in log time constant);
+        ``"per_roi"``: each ROI's own estimate only (clipped to the bounds below, falling back
+        to the prior); ``"fixed"``: the prior's values for every ROI.
     tau_decay_s, tau_rise_s : float
         Indicator decay / rise time constants in seconds (fixed kinetics, and fallback).
     tau_decay_min_s, tau_decay_max_s : float
@@ -78,10 +120,12 @@ class DeconvSettings:
     0.05 beat 0.1 and 0.2 (AR(2) data, SNR 3.3: 0.832 / 0.822 / 0.800).
     """
 
-    model: str = "ar1"
+    model: str = "auto"
+    indicator: str = "auto"
     penalty: str = "s_min"
     penalty_sigmas: float = 0.0
     lag_frames: int = 5
+    revise_frames: int = 5
     history_frames: int = 64
     max_pools: int = 4
     init_frames: int = 300
@@ -97,20 +141,23 @@ class DeconvSettings:
     reestimate_every_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name, allowed in (("model", MODELS), ("penalty", PENALTIES), ("kinetics", KINETICS),
+        for name, allowed in (("model", MODELS), ("indicator", INDICATORS), ("penalty", PENALTIES),
+                              ("kinetics", KINETICS),
                               ("normalise", NORMALISE), ("baseline", BASELINE)):
             value = getattr(self, name)
             if value not in allowed:
                 raise ConfigError(f"DeconvSettings.{name} must be one of {allowed}, got {value!r}")
-        ints = {"lag_frames": (0, 4095), "history_frames": (1, 4096), "max_pools": (4, 4096),
+        ints = {"lag_frames": (0, 4095), "revise_frames": (0, 4095), "history_frames": (1, 4096),
+                "max_pools": (4, 4096),
                 "init_frames": (30, 100_000)}
         for name, (lo, hi) in ints.items():
             ivalue = getattr(self, name)
             if isinstance(ivalue, bool) or not isinstance(ivalue, int) or not lo <= ivalue <= hi:
                 raise ConfigError(f"DeconvSettings.{name} must be an int in [{lo}, {hi}], got {ivalue!r}")
-        if self.lag_frames >= self.history_frames:
-            raise ConfigError(
-                f"DeconvSettings.lag_frames ({self.lag_frames}) must be < history_frames ({self.history_frames})")
+        for name in ("lag_frames", "revise_frames"):
+            if getattr(self, name) >= self.history_frames:
+                raise ConfigError(f"DeconvSettings.{name} ({getattr(self, name)}) must be < "
+                                  f"history_frames ({self.history_frames})")
         floats = {"penalty_sigmas": (0.0, 20.0, True), "tau_decay_s": (1e-3, 60.0, True),
                   "tau_rise_s": (1e-4, 10.0, True), "tau_decay_min_s": (1e-3, 60.0, True),
                   "tau_decay_max_s": (1e-3, 60.0, True), "baseline_quantile": (0.01, 0.5, True),
@@ -125,7 +172,7 @@ class DeconvSettings:
         if not self.tau_decay_min_s <= self.tau_decay_s <= self.tau_decay_max_s:
             raise ConfigError(f"DeconvSettings.tau_decay_s ({self.tau_decay_s}) must lie in "
                               f"[tau_decay_min_s, tau_decay_max_s] = [{self.tau_decay_min_s}, {self.tau_decay_max_s}]")
-        if self.model == "ar2" and self.tau_rise_s >= self.tau_decay_s:
+        if self.model != "ar1" and self.tau_rise_s >= self.tau_decay_s:
             raise ConfigError(f"DeconvSettings.tau_rise_s ({self.tau_rise_s}) must be < tau_decay_s ({self.tau_decay_s})")
 
     @classmethod
@@ -139,3 +186,9 @@ class DeconvSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def prior_kinetics(self) -> tuple[float, float]:
+        """(tau_decay_s, tau_rise_s) of the prior: the indicator preset's, or the fields'."""
+        k = INDICATOR_KINETICS.get(self.indicator)
+        return (k.tau_decay_s, k.tau_rise_s) if k is not None else (self.tau_decay_s, self.tau_rise_s)

@@ -11,9 +11,14 @@ Timeline of a live stream
   ActivityFrame of zeros for each (a live rig keeps its frame clock; nothing is dropped).
 - Frame ``init_frames - 1``: parameters are estimated per ROI from the batch, the whole
   batch is deconvolved (catch-up; one-off cost measured here about 30 ms per 1,000 ROIs,
-  i.e. that frame is late by 0.3 s at 10,000 ROIs: pass ``parameters=`` to avoid it) and this frame's
-  activity is the real lagged estimate. ``recent(W)`` covers the batch frames from then on.
-- Afterwards: each frame costs one kernel pass. The ActivityFrame returned for input
+  i.e. that frame is late by 0.3 s at 10,000 ROIs, 0.6-1 s with ``model="auto"`` when a
+  rise is resolvable, which compares both models' fits of the batch: pass ``parameters=``
+  to avoid it) and this frame's activity is the real lagged estimate. ``recent(W)`` covers
+  the batch frames from then on.
+- Readout: an estimate is revised as new frames arrive until it is ``revise_frames`` old,
+  then it is final (``recent`` returns it; a ``lag_frames`` beyond ``revise_frames`` reads it).
+- Afterwards: each frame costs one kernel pass (two with ``model="auto"`` when the ROIs
+  are split between AR(1) and AR(2)). The ActivityFrame returned for input
   frame t keeps t's ``seq``, ``frame_index`` and ``acq_ns`` (so stage latency is measured
   per input) and carries the estimate of frame ``t - lag_frames`` (``lag_frames`` is an
   attribute of the stage; 0 before the stream's first frame).
@@ -26,7 +31,7 @@ the estimates are exactly those of a trace with NaN at those frames. A frame of 
 length raises ``ShapeMismatchError`` before any state changes.
 
 This module imports numpy, the standard library and rt_decoder (numba via ``_kernels``,
-scipy for the initial estimation, both lazily).
+lazily; no scipy).
 """
 
 from __future__ import annotations
@@ -44,6 +49,29 @@ from rt_decoder.messages import ActivityFrame, FluorescenceFrame
 STAGE_NAME = "deconv"
 
 
+class _Group:
+    """The ROIs of one calcium model (AR(1) or AR(2)): the kernels' state arrays, owned here.
+
+    ``cols`` is None when the group holds every ROI in order (no gather / scatter per frame).
+    """
+
+    def __init__(self, model: str, cols: np.ndarray | None, n: int, settings: DeconvSettings, kn: Any) -> None:
+        K, H = settings.max_pools, settings.history_frames
+        npf = kn.NPF_AR1 if model == "ar1" else kn.NPF_AR2
+        self.model = model
+        self.cols = cols
+        self.n = n
+        self.par = np.zeros((n, kn.NPAR), np.float64)
+        self.st = np.zeros((n, kn.NST), np.float64)
+        self.ist = np.zeros((n, kn.NIST), np.int64)
+        self.pf = np.zeros((n, K, npf), np.float64)
+        self.pl = np.zeros((n, K), np.int32)
+        self.hist = np.zeros((H, n), np.float32)
+        self.frz = np.zeros((H, n), np.float32)
+        self.out1 = np.zeros((1, n), np.float32)
+        self.recent_buf = np.zeros((H, n), np.float32)
+
+
 class OnlineDeconvolver:
     """Frame-by-frame OASIS deconvolution of N ROIs.
 
@@ -57,9 +85,17 @@ class OnlineDeconvolver:
         Frame rate in Hz (sets the AR coefficients from time constants and the baseline
         tracker's step).
     parameters : RoiParameters or None, keyword-only
-        Per-ROI parameters; when given, no initial batch is collected.
+        Per-ROI parameters; when given, no initial batch is collected. With
+        ``model="auto"`` ROIs with ``g2 == 0`` run the AR(1) model, the others AR(2).
     warmup : bool, keyword-only
         Compile / load the numba kernels now (default True); otherwise on first use.
+
+    Notes
+    -----
+    With ``model="auto"`` the ROIs are split into an AR(1) and an AR(2) group once their
+    models are known (after the initial batch); each group is one kernel pass per frame, on
+    its own state arrays, with the group's columns gathered from and scattered to the frame
+    (nothing of the kind when all ROIs share one model).
     """
 
     def __init__(self, settings: DeconvSettings | None, n_rois: int, frame_rate_hz: float, *,
@@ -75,22 +111,14 @@ class OnlineDeconvolver:
         self.n_rois = int(n_rois)
         self.frame_rate_hz = float(frame_rate_hz)
         self.lag_frames = self.settings.lag_frames
+        self.revise_frames = self.settings.revise_frames
         self._given_parameters = parameters
-        self._kernels: dict[str, Any] | None = None
-        s = self.settings
-        N, K, H = self.n_rois, s.max_pools, s.history_frames
+        self._kernels: dict[str, Any] = {}
         from rt_decoder.deconv import _kernels as kn
 
-        npf = kn.NPF_AR1 if s.model == "ar1" else kn.NPF_AR2
         self._kn = kn
-        self._par = np.zeros((N, kn.NPAR), np.float64)
-        self._st = np.zeros((N, kn.NST), np.float64)
-        self._ist = np.zeros((N, kn.NIST), np.int64)
-        self._pf = np.zeros((N, K, npf), np.float64)
-        self._pl = np.zeros((N, K), np.int32)
-        self._hist = np.zeros((H, N), np.float32)
-        self._out1 = np.zeros((1, N), np.float32)
-        self._recent = np.zeros((H, N), np.float32)
+        self._groups: list[_Group] = []
+        self._group_key: tuple[bytes, ...] | None = None
         self._init_buf: np.ndarray | None = None
         self.reset()
         if warmup:
@@ -112,36 +140,54 @@ class OnlineDeconvolver:
         """Frames of the stream so far, missing ones (gaps) included."""
         return self._t
 
+    @property
+    def roi_models(self) -> np.ndarray | None:
+        """Per-ROI model, ``"ar1"``/``"ar2"`` (N,) strings, once parameters are known."""
+        if self._params is None:
+            return None
+        return np.where(self._is_ar2, "ar2", "ar1")
+
+    def _models_in_play(self) -> tuple[str, ...]:
+        if self._groups:
+            return tuple(sorted({g.model for g in self._groups}))
+        m = self.settings.model
+        return ("ar1", "ar2") if m == "auto" else (m,)
+
+    def _kernel(self, name: str) -> Any:
+        fn = self._kernels.get(name)
+        if fn is None:
+            fn = self._kernels[name] = self._kn.get_kernel(name)
+        return fn
+
     def warmup(self) -> None:
-        """Compile (or load from cache) the kernels and run them once on a dummy ROI."""
-        if self._kernels is None:
-            self._kernels = self._kn.get_kernels()
+        """Compile (or load from cache) the kernels this stage can use and run them once on a dummy ROI."""
         kn = self._kn
-        npf = self._pf.shape[2]
-        par = np.zeros((1, kn.NPAR))
-        par[0, [kn.P_G1, kn.P_D, kn.P_SF, kn.P_GINV]] = 0.9, 0.9, 1.0, 1 / 0.9
-        if npf == kn.NPF_AR2:
-            par[0, [kn.P_G1, kn.P_G2, kn.P_D, kn.P_R]] = 1.4, -0.45, 0.9, 0.5
-        st = np.zeros((1, kn.NST))
-        ist = np.zeros((1, kn.NIST), np.int64)
-        pf = np.zeros((1, 4, npf))
-        pl = np.zeros((1, 4), np.int32)
-        hist = np.zeros((2, 1), np.float32)
-        out = np.zeros((8, 1), np.float32)
-        m = self._model
-        self._kernels[f"block_{m}"](np.ones((8, 1), np.float32), 0, 1, par, st, ist, pf, pl, hist, 0, out)
-        self._kernels[f"gap_{m}"](2, 8, par, st, ist, pf, pl, hist)
-        self._kernels[f"recent_{m}"](9, par, st, ist, pf, pl, hist, out[:2])
+        for m in self._models_in_play():
+            npf = kn.NPF_AR1 if m == "ar1" else kn.NPF_AR2
+            par = np.zeros((1, kn.NPAR))
+            par[0, [kn.P_G1, kn.P_D, kn.P_SF, kn.P_GINV]] = 0.9, 0.9, 1.0, 1 / 0.9
+            if m == "ar2":
+                par[0, [kn.P_G1, kn.P_G2, kn.P_D, kn.P_R]] = 1.4, -0.45, 0.9, 0.5
+            st = np.zeros((1, kn.NST))
+            ist = np.zeros((1, kn.NIST), np.int64)
+            pf = np.zeros((1, 4, npf))
+            pl = np.zeros((1, 4), np.int32)
+            hist = np.zeros((4, 1), np.float32)
+            frz = np.zeros((4, 1), np.float32)
+            out = np.zeros((8, 1), np.float32)
+            self._kernel(f"block_{m}")(np.ones((8, 1), np.float32), 0, 1, 2, par, st, ist, pf, pl, hist, frz, 0, out)
+            self._kernel(f"gap_{m}")(2, 8, 2, par, st, ist, pf, pl, hist, frz)
+            self._kernel(f"recent_{m}")(9, 2, par, st, ist, pf, pl, hist, frz, out[:3])
+            if self.settings.reestimate_every_s > 0:
+                self._kernel(f"flush_{m}")(9, par, st, ist, pf, pl, hist)
 
     def reset(self) -> None:
         """Forget the stream: back to frame 0 (and to the initial batch unless parameters were given)."""
         self._t = 0
         self._params: RoiParameters | None = None
-        self._pl.fill(0)
-        self._pf.fill(0.0)
-        self._ist.fill(0)
-        self._st.fill(0.0)
-        self._hist.fill(0.0)
+        for g in self._groups:
+            for a in (g.pl, g.pf, g.ist, g.st, g.hist, g.frz):
+                a.fill(0)
         self._init_buf = None
         self._init_n = 0
         s = self.settings
@@ -155,52 +201,82 @@ class OnlineDeconvolver:
         else:
             self._init_buf = np.zeros((self.settings.init_frames, self.n_rois), np.float32)
 
-    @property
-    def _model(self) -> str:
-        return self.settings.model
+    def _make_groups(self, is_ar2: np.ndarray) -> None:
+        key = (is_ar2.tobytes(),)
+        if key == self._group_key:
+            return
+        s, kn, N = self.settings, self._kn, self.n_rois
+        n2 = int(is_ar2.sum())
+        if n2 == 0 or n2 == N:
+            self._groups = [_Group("ar2" if n2 else "ar1", None, N, s, kn)]
+        else:
+            self._groups = [_Group("ar1", np.flatnonzero(~is_ar2), N - n2, s, kn),
+                            _Group("ar2", np.flatnonzero(is_ar2), n2, s, kn)]
+        self._group_key = key
 
     def _set_parameters(self, p: RoiParameters, *, keep_baseline: bool = False) -> None:
         kn, s = self._kn, self.settings
-        g1, g2 = p.g1, (p.g2 if s.model == "ar2" else np.zeros_like(p.g2))
-        disc = g1 * g1 + 4 * g2
-        if s.model == "ar2":
-            with np.errstate(invalid="ignore"):
-                d = (g1 + np.sqrt(disc)) / 2
-                r = (g1 - np.sqrt(disc)) / 2
-            bad = ~(np.isfinite(d) & (d < 1) & (r > 0) & (d - r >= 1e-3))
+        g1 = p.g1
+        if s.model == "ar1":
+            g2 = np.zeros_like(p.g2)
+            is_ar2 = np.zeros(self.n_rois, bool)
+        elif s.model == "ar2":
+            g2 = p.g2
+            is_ar2 = np.ones(self.n_rois, bool)
         else:
-            d, r = g1.copy(), np.zeros_like(g1)
-            bad = ~((g1 > 0) & (g1 < 1))
+            g2 = p.g2
+            is_ar2 = g2 != 0.0
+        disc = g1 * g1 + 4 * g2
+        with np.errstate(invalid="ignore"):
+            d2 = (g1 + np.sqrt(disc)) / 2
+            r2 = (g1 - np.sqrt(disc)) / 2
+        d = np.where(is_ar2, d2, g1)
+        r = np.where(is_ar2, r2, 0.0)
+        bad2 = ~(np.isfinite(d) & (d < 1) & (r > 0) & (d - r >= 1e-3))
+        bad1 = ~((g1 > 0) & (g1 < 1))
+        bad = np.where(is_ar2, bad2, bad1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise ConfigError(f"ROI {i}: AR coefficients g1={g1[i]!r}, g2={g2[i]!r} are not a decaying "
-                              f"{'two-root' if s.model == 'ar2' else 'one-root'} calcium kernel")
+                              f"{'two-root' if is_ar2[i] else 'one-root'} calcium kernel")
+        if keep_baseline:
+            base = self._gather_state(kn.S_BASE)
+        self._make_groups(is_ar2)
         pen = s.penalty_sigmas * p.sigma_y
-        par = self._par
-        par[:, kn.P_G1] = g1
-        par[:, kn.P_G2] = g2
-        par[:, kn.P_D] = d
-        par[:, kn.P_R] = r
-        par[:, kn.P_SHIFT] = pen * (1 - g1 - g2) if s.penalty == "l1" else 0.0
-        par[:, kn.P_SMIN] = pen if s.penalty == "s_min" else 0.0
-        par[:, kn.P_SF] = p.sigma_f
-        par[:, kn.P_GINV] = 1.0 / g1
-        if s.baseline == "tracked":
-            z = gaussian_quantile_offset(s.baseline_quantile)
-            par[:, kn.P_STEP] = s.baseline_rate_sigmas_per_s * p.sigma_f / self.frame_rate_hz
-            par[:, kn.P_Q] = s.baseline_quantile
-            par[:, kn.P_ZOFF] = z * p.sigma_f
-            if not keep_baseline:
-                self._st[:, kn.S_BASE] = p.baseline_f - z * p.sigma_f
-        else:
-            par[:, kn.P_STEP] = 0.0
-            par[:, kn.P_ZOFF] = 0.0
-            if not keep_baseline:
-                self._st[:, kn.S_BASE] = p.baseline_f
+        z = gaussian_quantile_offset(s.baseline_quantile) if s.baseline == "tracked" else 0.0
+        for g in self._groups:
+            c = slice(None) if g.cols is None else g.cols
+            par = g.par
+            par[:, kn.P_G1] = g1[c]
+            par[:, kn.P_G2] = g2[c]
+            par[:, kn.P_D] = d[c]
+            par[:, kn.P_R] = r[c]
+            par[:, kn.P_SHIFT] = (pen * (1 - g1 - g2))[c] if s.penalty == "l1" else 0.0
+            par[:, kn.P_SMIN] = pen[c] if s.penalty == "s_min" else 0.0
+            par[:, kn.P_SF] = p.sigma_f[c]
+            par[:, kn.P_GINV] = 1.0 / g1[c]
+            if s.baseline == "tracked":
+                par[:, kn.P_STEP] = s.baseline_rate_sigmas_per_s * p.sigma_f[c] / self.frame_rate_hz
+                par[:, kn.P_Q] = s.baseline_quantile
+                par[:, kn.P_ZOFF] = z * p.sigma_f[c]
+            else:
+                par[:, kn.P_STEP] = 0.0
+                par[:, kn.P_ZOFF] = 0.0
+            if keep_baseline:
+                g.st[:, kn.S_BASE] = base[c]
+            else:
+                g.st[:, kn.S_BASE] = (p.baseline_f - z * p.sigma_f)[c]
         self._flags = (kn.FLAG_DFF if s.normalise == "dff" else 0) | (kn.FLAG_TRACK if s.baseline == "tracked" else 0)
         self._params = p
+        self._is_ar2 = is_ar2
         if self._reest_every:
             self._next_reest = self._t + self._reest_every
+
+    def _gather_state(self, col: int) -> np.ndarray:
+        out = np.empty(self.n_rois)
+        for g in self._groups:
+            out[slice(None) if g.cols is None else g.cols] = g.st[:, col]
+        return out
 
     # ------------------------------------------------------------------ frames
     def _check(self, values: np.ndarray) -> np.ndarray:
@@ -263,12 +339,13 @@ class OnlineDeconvolver:
             self.reestimate()
 
     def reestimate(self) -> None:
-        """Re-estimate noise, penalty and (with ``kinetics="estimate"``) kinetics per ROI.
+        """Re-estimate noise, penalty and (with ``kinetics`` not ``"fixed"``) kinetics per ROI.
 
         Uses the last ``init_frames`` raw frames (kept only when ``reestimate_every_s`` > 0;
         then called automatically every ``reestimate_every_s`` seconds of stream, at the same
-        frames however the stream is chunked). The baseline tracker carries on. New kinetics
-        invalidate the OASIS pools: they are committed first (their estimates become final).
+        frames however the stream is chunked). The baseline tracker carries on; each ROI
+        keeps the model chosen at start (``model="auto"``). New kinetics invalidate the
+        OASIS pools: they are committed first (their estimates become final).
         Costs about as much as the initial estimation (synchronous, in the frame that
         triggers it).
         """
@@ -278,26 +355,30 @@ class OnlineDeconvolver:
             return
         R = self._ring.shape[0]
         order = (self._t + np.arange(R)) % R
-        new = estimate_parameters(self._ring[order], self.frame_rate_hz, self.settings)
         kn, s, old = self._kn, self.settings, self._params
-        if s.kinetics == "estimate":
-            assert self._kernels is not None
-            self._kernels[f"flush_{self._model}"](self._t - 1, self._par, self._st, self._ist, self._pf, self._pl,
-                                                  self._hist)
+        new = estimate_parameters(self._ring[order], self.frame_rate_hz, s, ar2_rois=self._is_ar2)
+        if s.kinetics != "fixed":
+            for g in self._groups:
+                self._kernel(f"flush_{g.model}")(self._t - 1, g.par, g.st, g.ist, g.pf, g.pl, g.hist)
             g1, g2 = new.g1, new.g2
         else:
             g1, g2 = old.g1, old.g2
         z = gaussian_quantile_offset(s.baseline_quantile) if s.baseline == "tracked" else 0.0
-        baseline = self._st[:, kn.S_BASE] + z * new.sigma_f
+        baseline = self._gather_state(kn.S_BASE) + z * new.sigma_f
         self._set_parameters(RoiParameters(g1=g1, g2=g2, baseline_f=baseline, sigma_f=new.sigma_f,
                                            sigma_y=new.sigma_y), keep_baseline=True)
 
     def _run(self, X: np.ndarray, out: np.ndarray) -> None:
-        if self._kernels is None:
-            self.warmup()
-        assert self._kernels is not None
-        self._kernels[f"block_{self._model}"](X, self._t, self.lag_frames, self._par, self._st, self._ist,
-                                              self._pf, self._pl, self._hist, self._flags, out)
+        for g in self._groups:
+            fn = self._kernel(f"block_{g.model}")
+            if g.cols is None:
+                fn(X, self._t, self.lag_frames, self.revise_frames, g.par, g.st, g.ist, g.pf, g.pl, g.hist, g.frz,
+                   self._flags, out)
+            else:
+                gout = np.empty((X.shape[0], g.n), np.float32) if X.shape[0] > 1 else g.out1
+                fn(np.ascontiguousarray(X[:, g.cols]), self._t, self.lag_frames, self.revise_frames, g.par, g.st,
+                   g.ist, g.pf, g.pl, g.hist, g.frz, self._flags, gout)
+                out[:, g.cols] = gout
         self._t += X.shape[0]
         self._record(X)
 
@@ -324,8 +405,8 @@ class OnlineDeconvolver:
         if self._params is None:
             values = self.process(X)[0]
         else:
-            self._run(X, self._out1)
-            values = self._out1[0].copy()
+            values = np.empty(self.n_rois, np.float32)
+            self._run(X, values[None, :])
             self._maybe_reestimate()
         act = ActivityFrame(seq=frame.seq, frame_index=frame.frame_index, acq_ns=frame.acq_ns,
                             stamps=frame.stamps, values=values, behaviour=frame.behaviour)
@@ -352,13 +433,11 @@ class OnlineDeconvolver:
             n -= room
             if n == 0:
                 return
-        if self._kernels is None:
-            self.warmup()
-        assert self._kernels is not None
         while n > 0:
             m = n if self._next_reest < 0 else min(n, max(1, self._next_reest - self._t))
-            self._kernels[f"gap_{self._model}"](m, self._t, self._par, self._st, self._ist, self._pf, self._pl,
-                                                self._hist)
+            for g in self._groups:
+                self._kernel(f"gap_{g.model}")(m, self._t, self.revise_frames, g.par, g.st, g.ist, g.pf, g.pl,
+                                               g.hist, g.frz)
             self._t += m
             n -= m
             if self._ring is not None:
@@ -366,7 +445,10 @@ class OnlineDeconvolver:
             self._maybe_reestimate()
 
     def recent(self, n_frames: int) -> np.ndarray:
-        """Current (revised) activity estimates of the last ``n_frames`` frames.
+        """Activity estimates of the last ``n_frames`` frames.
+
+        Frames younger than ``revise_frames`` carry their current (provisional) estimate;
+        older ones the estimate they had at ``revise_frames`` frames old (final).
 
         Returns
         -------
@@ -380,13 +462,19 @@ class OnlineDeconvolver:
         W = int(n_frames)
         if self._params is None or self._t == 0:
             return np.zeros((W, self.n_rois), np.float32)
-        if self._kernels is None:
-            self.warmup()
-        assert self._kernels is not None
-        out = self._recent[:W]
-        self._kernels[f"recent_{self._model}"](self._t - 1, self._par, self._st, self._ist, self._pf, self._pl,
-                                               self._hist, out)
-        return out.copy()
+        if len(self._groups) == 1:
+            g = self._groups[0]
+            out = g.recent_buf[:W]
+            self._kernel(f"recent_{g.model}")(self._t - 1, self.revise_frames, g.par, g.st, g.ist, g.pf, g.pl,
+                                              g.hist, g.frz, out)
+            return out.copy()
+        res = np.empty((W, self.n_rois), np.float32)
+        for g in self._groups:
+            out = g.recent_buf[:W]
+            self._kernel(f"recent_{g.model}")(self._t - 1, self.revise_frames, g.par, g.st, g.ist, g.pf, g.pl,
+                                              g.hist, g.frz, out)
+            res[:, g.cols] = out
+        return res
 
 
 def deconvolve_array(F: np.ndarray, frame_rate_hz: float, settings: DeconvSettings | None = None, *,
@@ -410,8 +498,9 @@ def deconvolve_array(F: np.ndarray, frame_rate_hz: float, settings: DeconvSettin
     -------
     ndarray, float32, shape (T, N)
         Row t: the estimate of frame t as the live stage reads it out ``lag_frames``
-        later (the last ``lag_frames`` rows: the final estimates). With ``lag_frames``
-        >= T this is the final (batch-equivalent) solution.
+        later (the last ``lag_frames`` rows: their latest estimates). With ``lag_frames``
+        and ``revise_frames`` >= T this is the fully revised (batch-equivalent) solution;
+        with the default ``revise_frames`` (5) every estimate is final at 5 frames old.
     """
     s = settings if settings is not None else DeconvSettings()
     X = np.asarray(F)
@@ -424,7 +513,7 @@ def deconvolve_array(F: np.ndarray, frame_rate_hz: float, settings: DeconvSettin
         if T < 30:
             raise StageError(f"the recording has {T} frames: at least 30 are needed to estimate parameters")
         parameters = estimate_parameters(X[:min(s.init_frames, T)], frame_rate_hz, s)
-    stage = OnlineDeconvolver(s, N, frame_rate_hz, parameters=parameters)
+    stage = OnlineDeconvolver(s, N, frame_rate_hz, parameters=parameters, warmup=False)  # kernels on first use
     lagged = stage.process(X)
     L = s.lag_frames
     if L == 0:

@@ -15,6 +15,6 @@ Nothing here imports zmq or torch.
 """
 
 from rt_decoder.sim.config import INDICATORS, IndicatorPreset, RigConfig
-from rt_decoder.sim.rig import StreamBlock, Trial, VirtualRig
+from rt_decoder.sim.rig import GroundTruthSession, StreamBlock, Trial, VirtualRig
 
-__all__ = ["INDICATORS", "IndicatorPreset", "RigConfig", "StreamBlock", "Trial", "VirtualRig"]
+__all__ = ["INDICATORS", "GroundTruthSession", "IndicatorPreset", "RigConfig", "StreamBlock", "Trial", "VirtualRig"]

@@ -18,29 +18,48 @@ from rt_decoder.errors import ConfigError
 
 @dataclass(frozen=True)
 class IndicatorPreset:
-    """Kinetics and brightness of a genetically encoded calcium indicator.
+    """Kinetics, brightness and saturation of a genetically encoded calcium indicator.
 
     Parameters
     ----------
     name : str
-        Preset name (``"GCaMP6s"``, ``"GCaMP8m"``).
+        Preset name (``"GCaMP6s"``, ``"GCaMP8m"``, ...).
     tau_rise_s, tau_decay_s : float
         Time constants (s) of the double-exponential response to one spike
         ``exp(-t/tau_decay) - exp(-t/tau_rise)``; simulated as an AR(2) process per frame.
     dff_per_spike : float
         Median peak dF/F of a single spike (per-neuron values spread log-normally).
+    saturation_spikes : float
+        Saturation of the response, 0 = linear in the number of spikes. Otherwise, with
+        ``x`` the linear response in units of one spike's peak, the dF/F is
+        ``dff_per_spike * x (1 + 1/n) / (1 + x/n)``, ``n = saturation_spikes``: one spike
+        still peaks at ``dff_per_spike``, ``n`` spikes at once give about half of the
+        linear extrapolation's excess.
     """
 
     name: str
     tau_rise_s: float
     tau_decay_s: float
     dff_per_spike: float
+    saturation_spikes: float = 0.0
 
 
-#: Presets; per-neuron decay times spread by about 15 % around these.
+#: Presets; per-neuron rise times spread by about 10 %, decay times by about 15 %.
+#: Published single-spike kinetics in mouse cortex / cultured neurons (half-times converted
+#: to the time constants of the double exponential; see docs/indicators.md for the sources):
+#: GCaMP6s and GCaMP8m keep the numbers they were introduced with (the default rig's data
+#: and the shipped model depend on them), the others were added with issue 14.
 INDICATORS: dict[str, IndicatorPreset] = {
     "GCaMP6s": IndicatorPreset("GCaMP6s", tau_rise_s=0.065, tau_decay_s=1.25, dff_per_spike=0.20),
+    "GCaMP6f": IndicatorPreset("GCaMP6f", tau_rise_s=0.045, tau_decay_s=0.40, dff_per_spike=0.12,
+                               saturation_spikes=20.0),
+    "GCaMP7f": IndicatorPreset("GCaMP7f", tau_rise_s=0.035, tau_decay_s=0.45, dff_per_spike=0.20,
+                               saturation_spikes=15.0),
+    "GCaMP8f": IndicatorPreset("GCaMP8f", tau_rise_s=0.007, tau_decay_s=0.12, dff_per_spike=0.25,
+                               saturation_spikes=10.0),
     "GCaMP8m": IndicatorPreset("GCaMP8m", tau_rise_s=0.012, tau_decay_s=0.25, dff_per_spike=0.30),
+    "GCaMP8s": IndicatorPreset("GCaMP8s", tau_rise_s=0.015, tau_decay_s=0.45, dff_per_spike=0.45,
+                               saturation_spikes=10.0),
 }
 
 

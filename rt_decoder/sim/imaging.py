@@ -6,7 +6,10 @@ Per neuron n and frame t:
   ``spike_dispersion``; ``d = 0``: plain Poisson), so ``var(s) = rate + d * rate^2``;
 * calcium ``c_t = (g_d + g_r) c_{t-1} - g_d g_r c_{t-2} + s_t`` (AR(2), the sampled
   double exponential ``exp(-t/tau_decay) - exp(-t/tau_rise)``, ``g = exp(-dt/tau)``);
-  ``dff = dff_per_spike * c / peak`` so one spike peaks at ``dff_per_spike``;
+  ``dff = dff_per_spike * c / peak`` so one spike peaks at ``dff_per_spike``; with an
+  indicator that saturates (``IndicatorPreset.saturation_spikes`` n > 0) that becomes
+  ``dff_per_spike * x (1 + 1/n) / (1 + x/n)`` with ``x = c / peak`` (linear presets skip
+  this step, so their numbers are unchanged);
 * neuropil ``Fneu = neuropil_f0 * (1 + W z_t + 0.3 * mean_n dff)``: ``z`` are six
   Ornstein-Uhlenbeck components (sd 0.08, tau 2 s), spatially smooth over the FOV (``W``);
 * drift ``D = d_n(t) + d_shared(t)``: Ornstein-Uhlenbeck, sd ``drift_fraction`` (shared:
@@ -73,6 +76,8 @@ class Imaging:
         peak = ((g_d[None, :] ** (t + 1) - g_r[None, :] ** (t + 1)) / denom[None, :]).max(axis=0)
         self.peak = peak
         self.dff_scale = (params["dff_per_spike"] / peak).astype(np.float32)
+        self.saturation_spikes = float(config.indicator_preset.saturation_spikes)
+        self._inv_dff_per_spike = (1.0 / params["dff_per_spike"]).astype(np.float32)
         self.f0 = params["f0"].astype(np.float32)
         self.neuropil_f0 = params["neuropil_f0"].astype(np.float32)
         self.weights = neuropil_weights
@@ -106,6 +111,10 @@ class Imaging:
         state.calcium_1 = c1.astype(np.float64)
         state.calcium_2 = c2.astype(np.float64)
         out *= self.dff_scale[None, :]
+        if self.saturation_spikes > 0.0:  # saturating indicator (linear presets never come here)
+            n_sat = np.float32(self.saturation_spikes)
+            x = out * self._inv_dff_per_spike[None, :]
+            out *= (np.float32(1.0) + np.float32(1.0) / n_sat) / (np.float32(1.0) + x / n_sat)
         return out
 
     def run(self, spikes: np.ndarray, state: ImagingState, rng: np.random.Generator

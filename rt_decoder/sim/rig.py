@@ -74,6 +74,21 @@ class StreamBlock:
 
 
 @dataclass(frozen=True)
+class GroundTruthSession:
+    """A continuous session with its ground truth (``VirtualRig.ground_truth_session``).
+
+    All arrays are float32, time-major (T, N) over the concatenated trials: ``spikes``
+    (counts per frame), ``calcium`` (calcium-driven dF/F) and ``fluorescence`` (raw ROI
+    fluorescence, identical to the blocks of ``stream_trials`` for the same trials).
+    """
+
+    trial_ids: tuple[int, ...]
+    spikes: np.ndarray
+    calcium: np.ndarray
+    fluorescence: np.ndarray
+
+
+@dataclass(frozen=True)
 class _Draws:
     movie: np.random.Generator
     behaviour: np.random.Generator
@@ -182,6 +197,27 @@ class VirtualRig:
             _, fluorescence = self.imaging.run(spikes, state, d.noise)
             yield StreamBlock(int(tid), frame_index, video, fluorescence, behaviour)
             frame_index += video.shape[0]
+
+    def ground_truth_session(self, trial_ids: Iterable[int]) -> GroundTruthSession:
+        """The continuous session of ``stream_trials`` with its spikes and calcium, in memory.
+
+        For benchmarks of spike inference (``benchmarks/deconv.py``): the fluorescence is
+        exactly that of ``stream_trials(trial_ids)``, the spikes those of ``trial(i)``.
+        """
+        ids = tuple(int(t) for t in trial_ids)
+        if not ids:
+            raise ConfigError("ground_truth_session needs at least one trial id")
+        state: ImagingState | None = None
+        spikes_l, calcium_l, fluo_l = [], [], []
+        for tid in ids:
+            _, _, rates, spikes, d = self._neural(tid)
+            if state is None:
+                state = self.imaging.initial_state(rates.mean(axis=0), d.init)
+            calcium, fluorescence = self.imaging.run(spikes, state, d.noise)
+            spikes_l.append(spikes)
+            calcium_l.append(calcium)
+            fluo_l.append(fluorescence)
+        return GroundTruthSession(ids, np.concatenate(spikes_l), np.concatenate(calcium_l), np.concatenate(fluo_l))
 
     def stream(self, trial_ids: Iterable[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
         """A continuous session over ``trial_ids``, frame by frame.
