@@ -81,6 +81,7 @@ def heldout_trials(model: Any, n_trials: int, frames: int, offset: int = 0) -> l
     from rt_decoder.sim import VirtualRig
 
     cfg = _rig_config(model)
+    ds = model_deconv_settings(model)
     rig = VirtualRig(cfg)
     if not np.array_equal(rig.roi_ids, model.neuron_ids):
         raise SystemExit("the model's neuron ids are not the rig's: pass the rig config the model was trained on")
@@ -91,12 +92,20 @@ def heldout_trials(model: Any, n_trials: int, frames: int, offset: int = 0) -> l
         if tid in trained:
             raise SystemExit(f"trial {tid} is in the model's training data")
         tr = rig.trial(tid)
-        resp = deconvolve_array(tr.fluorescence, cfg.frame_rate_hz)
+        resp = deconvolve_array(tr.fluorescence, cfg.frame_rate_hz, ds)
         out.append({"trial_id": tid, "video": tr.video[:frames], "behaviour": tr.behaviour[:frames],
                     "responses": np.maximum(resp[:frames], 0.0), "rates": tr.rates[:frames],
                     "fluorescence": tr.fluorescence[:frames], "init_fluorescence": tr.fluorescence,
-                    "frame_rate_hz": cfg.frame_rate_hz})
+                    "frame_rate_hz": cfg.frame_rate_hz, "deconv_settings": ds})
     return out
+
+
+def model_deconv_settings(model: Any) -> Any:
+    """The DeconvSettings the model's training responses were made with (as the service uses them)."""
+    from rt_decoder.deconv import DeconvSettings
+
+    recorded = model.manifest.training.get("deconv_settings")
+    return DeconvSettings.from_dict(dict(recorded)) if isinstance(recorded, dict) else DeconvSettings()
 
 
 def predicted_responses(encoder: Any, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray:
@@ -122,7 +131,7 @@ def hf_fraction(video: np.ndarray, cut: float = 0.25) -> float:
 
 def simulate_live(stage: Any, fluorescence: np.ndarray, behaviour: np.ndarray, frame_rate_hz: float,
                   init_fluorescence: np.ndarray, period_ms: float = 1000 / 30,
-                  recent_frames: int = 32) -> tuple[np.ndarray, list[float], int]:
+                  recent_frames: int = 32, deconv_settings: Any = None) -> tuple[np.ndarray, list[float], int]:
     """Drive a LiveReconstructor as the service does, on a simulated real-time clock.
 
     Every fluorescence frame goes through the online deconvolution stage (parameters
@@ -136,7 +145,7 @@ def simulate_live(stage: Any, fluorescence: np.ndarray, behaviour: np.ndarray, f
     from rt_decoder.messages import FluorescenceFrame
 
     T, N = fluorescence.shape
-    ds = DeconvSettings()
+    ds = deconv_settings if deconv_settings is not None else DeconvSettings()
     dec = OnlineDeconvolver(ds, N, frame_rate_hz,
                             parameters=estimate_parameters(init_fluorescence[: ds.init_frames], frame_rate_hz, ds))
     H, W = stage.frame_shape
@@ -239,7 +248,7 @@ class _Runner:
             stage.warmup(5)
             members = stage.n_members_active
             v, ts, sk = simulate_live(stage, tr["fluorescence"], tr["behaviour"], tr["frame_rate_hz"],
-                                      tr["init_fluorescence"])
+                                      tr["init_fluorescence"], deconv_settings=tr["deconv_settings"])
             cs.append(self.corr(tr["video"], v))
             times += ts
             skipped += sk
@@ -340,7 +349,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # ---- upper bound and neurons curve (member 0, first --curve-trials scored trials)
     ct = test[: args.curve_trials]
-    s_best = replace(settings, iterations=best)
+    s_best = replace(settings, iterations=min(best, args.curve_iterations))
     res["predicted_upper_bound"] = float(np.mean([
         r.corr(tr["video"], blur(reconstruct_single(
             e0, predicted_responses(e0, tr["video"], tr["behaviour"]), tr["behaviour"], r.opened.train_mask, s_best,
@@ -370,6 +379,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      "members": len(encs), "window_frames": W, "seed": args.seed,
                      "offline_settings": _plain(settings), "live_settings": _plain(defaults),
                      "curve_trials": [tr["trial_id"] for tr in ct],
+                     "curve_iterations": min(best, args.curve_iterations),
                      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                  "python": platform.python_version()},
                      "seconds": time.perf_counter() - t_start}
@@ -493,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lags", type=int, nargs="+", default=[5, 10, 15])
     p.add_argument("--curve-trials", type=int, default=1,
                    help="scored trials used for the upper bound and the neurons curve")
+    p.add_argument("--curve-iterations", type=int, default=200,
+                   help="at most this many iterations for the upper bound and the neurons curve")
     p.add_argument("--data-curve", default=str(DEFAULT_DATA_CURVE),
                    help="JSON of python -m benchmarks.encoder_data (default: the committed result)")
     p.add_argument("--skip-frames", type=int, default=30, help="leading frames left out of the score")

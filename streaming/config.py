@@ -157,7 +157,7 @@ class ReconstructionSettings:
     steps_per_member: int = _opt(3, "gradient steps per frame per member (fewer if the budget runs out); "
                                  "the ensemble is sized so this many fit budget_ms", 1, 1000)
     cached_context: bool = _opt(True, "reuse the core features of frozen frames (exact for causal encoders)")
-    learning_rate_px: float = _opt(100.0, "optimiser step size in pixel units per unit-norm gradient",
+    learning_rate_px: float = _opt(300.0, "optimiser step size in pixel units per unit-norm gradient",
                                    1e-3, 1e6)
     momentum: float = _opt(0.9, "first-moment decay of the optimiser", 0.0, 0.999)
     warmup_iterations: int = _opt(10, "per-frame learning-rate warm-up (iterations)", 0, 10_000)

@@ -544,7 +544,9 @@ class DecoderService:
     def _make_deconv_settings(self) -> Any:
         from rt_decoder.deconv import DeconvSettings
 
-        table = self.config.deconv_dict
+        # a model records the deconvolution its training responses came from: that is the
+        # base, the config's explicit [deconv] keys override it
+        table = {**dict(getattr(self.stage, "model_deconv", {}) or {}), **self.config.deconv_dict}
         try:
             if hasattr(DeconvSettings, "from_dict"):
                 return DeconvSettings.from_dict(table)

@@ -173,3 +173,25 @@ def test_offline_starts_from_the_given_video() -> None:
     with pytest.raises(StageError, match="init_video"):
         reconstruct_single(enc, np.zeros((16, 50), np.float32), np.zeros((16, 4), np.float32),
                            np.ones((12, 16), bool), s, frame_shape=(12, 16), init_video=init[:3])
+
+
+def test_estimate_frame_on_onnx_runtime_equals_the_numpy_path() -> None:
+    rng = np.random.default_rng(6)
+    data = _linear_world(6, rng)
+    dec = fit_amortised(data[:4], data[4:5], AmortisedSettings(response_frames=4, response_components=16,
+                                                               video_components=24))
+    _, resp = data[5]
+    z = dec.project(resp)
+    for a in (1, 2, 4):          # rows available: the rest read as the mean (zero components)
+        comps = np.zeros((1, 4, z.shape[1]), np.float32)
+        comps[0, :a] = z[10:10 + a]
+        ref = dec.frames_from_components(comps)[0]
+        np.testing.assert_allclose(dec.estimate_frame(resp[10:10 + a]), ref, atol=1e-2, rtol=1e-4)
+    w = np.ones(dec.n_neurons, np.float32)
+    w[:30] = 0
+    comps = np.zeros((1, 4, z.shape[1]), np.float32)
+    comps[0] = dec.project(resp[10:14], w)
+    np.testing.assert_allclose(dec.estimate_frame(resp[10:14], w), dec.frames_from_components(comps)[0],
+                               atol=1e-2, rtol=1e-4)
+    with pytest.raises(ShapeMismatchError):
+        dec.estimate_frame(resp[10:16])

@@ -72,8 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from rt_decoder.errors import ConfigError
     from rt_decoder.io.safe import check_target
     from rt_decoder.io.sensorium import load_dataset
-    from rt_decoder.recon.offline import OfflineSettings
-    from rt_decoder.recon.optim import OptimSettings
+    from rt_decoder.recon.offline import OfflineSettings, published_settings
     from rt_decoder.recon.runner import (check_neurons, load_amortised, neuron_subset_weights, open_model,
                                          training_trials_among)
 
@@ -110,12 +109,11 @@ def run(args: argparse.Namespace) -> int:
                           "validation trials, recorded in its manifest): their scores would be optimistic. Pick "
                           "held-out trials (e.g. --tier final_test_main), or pass --allow-training-trials")
     window = opened.encoders[0].window_frames
-    base = OfflineSettings()
-    optim = OptimSettings(learning_rate_px=OptimSettings.learning_rate_px, smooth_sigma_px=0.0,
-                          smooth_sigma_frames=0.0, decay_iterations=0) if args.published else base.optim
+    base = published_settings() if args.published else OfflineSettings()
+    optim = base.optim
     optim = replace(optim, **{k: v for k, v in (("learning_rate_px", args.lr), ("warmup_iterations", args.warmup))
                               if v is not None})
-    iterations = args.iterations if args.iterations is not None else (1000 if args.published else base.iterations)
+    iterations = args.iterations if args.iterations is not None else base.iterations
     settings = replace(base, window_frames=window, stride_frames=min(args.stride, window), iterations=iterations,
                        optim=optim)
     amortised = None if (args.no_amortised or args.published) else load_amortised(opened.model)

@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _training_deconv() -> dict:  # type: ignore[type-arg]
+    from rt_decoder.deconv import ENCODER_TRAINING_DECONV
+
+    return dict(ENCODER_TRAINING_DECONV)
+
+
 def _responses_fn(choice: str):  # type: ignore[no-untyped-def]
     """The responses function for ``choice`` and the name recorded as its source."""
     from rt_decoder.errors import BackendUnavailableError
@@ -51,7 +57,7 @@ def _responses_fn(choice: str):  # type: ignore[no-untyped-def]
     if choice == "spikes":
         return None
     try:
-        from rt_decoder.deconv import deconvolve_array
+        from rt_decoder.deconv import ENCODER_TRAINING_DECONV, DeconvSettings, deconvolve_array
     except ImportError as exc:
         if choice == "deconv":
             raise BackendUnavailableError(f"--responses deconv: rt_decoder.deconv cannot be imported ({exc})"
@@ -59,7 +65,7 @@ def _responses_fn(choice: str):  # type: ignore[no-untyped-def]
         return None
 
     def deconvolved(fluorescence, frame_rate_hz):  # type: ignore[no-untyped-def]
-        return deconvolve_array(fluorescence, frame_rate_hz)
+        return deconvolve_array(fluorescence, frame_rate_hz, DeconvSettings(**ENCODER_TRAINING_DECONV))
 
     deconvolved.__qualname__ = "deconvolve_array"
     deconvolved.__module__ = "rt_decoder.deconv"
@@ -92,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     write_dataset(args.out, progress, roi_ids=rig.roi_ids, roi_centres_px=rig.roi_centres_px, tiers=tiers,
                   responses_fn=responses_fn, frame_rate_hz=config.frame_rate_hz,
                   cell_motor_coordinates_um=rig.cell_motor_coordinates_um, neuron_params=rig.neuron_params,
-                  extra_meta={"rig_config": config.to_dict(), "source": "virtual-rig"}, overwrite=args.overwrite)
+                  extra_meta={"rig_config": config.to_dict(), "source": "virtual-rig",
+                              **({} if responses_fn is None else {"responses_deconv_settings": _training_deconv()})}, overwrite=args.overwrite)
     elapsed = time.perf_counter() - t0
     counts = {t: tiers.count(t) for t in sorted(set(tiers))}
     source = "ground_truth_spikes" if responses_fn is None else "rt_decoder.deconv.deconvolve_array"

@@ -15,7 +15,7 @@ first stage is built or warmed up.
 """
 
 from rt_decoder.deconv._estimate import RoiParameters, estimate_parameters
-from rt_decoder.deconv.settings import DeconvSettings
+from rt_decoder.deconv.settings import ENCODER_TRAINING_DECONV, DeconvSettings
 from rt_decoder.deconv.stage import OnlineDeconvolver, deconvolve_array
 
-__all__ = ["DeconvSettings", "OnlineDeconvolver", "RoiParameters", "deconvolve_array", "estimate_parameters"]
+__all__ = ["ENCODER_TRAINING_DECONV", "DeconvSettings", "OnlineDeconvolver", "RoiParameters", "deconvolve_array", "estimate_parameters"]

@@ -70,6 +70,8 @@ class DataSplit:
     responses_source: str
     #: the virtual rig's configuration when the dataset was simulated (meta/rig.json), else None
     rig_config: dict[str, Any] | None = None
+    #: the DeconvSettings keys that made the responses, when the dataset records them
+    deconv_settings: dict[str, Any] | None = None
 
     def trial_ids(self) -> dict[str, list[int]]:
         """Trial ids of each part, as recorded in the model's manifest."""
@@ -115,8 +117,10 @@ def load_split(data_dir: str | Path, val_fraction: float = 0.2) -> DataSplit:
     fr = float(meta.get("frame_rate_hz", meta.get("config", {}).get("frame_rate_hz", 30.0))) if meta else 30.0
     source = str(meta.get("responses_source", "unknown (dataset responses)")) if meta else "dataset responses"
     rig = meta.get("rig_config") if meta else None
+    dsets = meta.get("responses_deconv_settings") if meta else None
     return DataSplit(trials["train"], trials["val"], trials["test"], np.asarray(ds.unit_ids, np.int64), fr,
-                     h.hexdigest(), source, dict(rig) if isinstance(rig, dict) else None)
+                     h.hexdigest(), source, dict(rig) if isinstance(rig, dict) else None,
+                     dict(dsets) if isinstance(dsets, dict) else None)
 
 
 # ------------------------------------------------------------------------------- metrics
@@ -394,6 +398,7 @@ def train_model(split: DataSplit, out_dir: str | Path, *, arch: ArchConfig | Non
                   "ceiling_corr": ceiling_corr(test, skip), "n_parameters": n_params,
                   "torch_threads": torch.get_num_threads(), "train_seconds": time.perf_counter() - t0,
                   "trial_ids": split.trial_ids(), "rig_config": split.rig_config,
+                  "deconv_settings": split.deconv_settings,
                   "rig_seed": None if split.rig_config is None else split.rig_config.get("seed")},
         masks={"file": "alpha.npz", "train_threshold": 0.5, "eval_threshold": 1.0,
                "method": "mean |input gradient| of the population response, sigma 1 px, / (0.5 x p99)"},

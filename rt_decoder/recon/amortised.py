@@ -107,6 +107,7 @@ class AmortisedDecoder:
         if self.response_mean.shape != (n,):
             raise ModelError(f"amortised response mean has shape {self.response_mean.shape}, expected ({n},)")
         self._decode = (self.weights @ self.video_basis).astype(np.float32)   # (L*K, H*W)
+        self._session: Any = None
 
     @property
     def n_neurons(self) -> int:
@@ -141,6 +142,55 @@ class AmortisedDecoder:
             raise ShapeMismatchError(f"components must be (T, {L}, {K}), got {c.shape}")
         flat = c.reshape(c.shape[0], L * K) @ self._decode
         return (flat.reshape(c.shape[0], *self.frame_shape) + self.video_mean).astype(np.float32)
+
+    def estimate_frame(self, rows: np.ndarray, neuron_weights: np.ndarray | None = None) -> np.ndarray:
+        """One frame from its first ``len(rows)`` response frames (rows[d] = frame t + d), (H, W).
+
+        The live path: later response frames not yet in read as the mean (zero components).
+        Runs a small ONNX Runtime graph (MatMul -> MatMul, one thread): numpy's BLAS on
+        these shapes costs up to 20x more on some machines. Equal to
+        ``frames_from_components`` of the projected rows (tested).
+        """
+        r = np.asarray(rows, np.float32)
+        L = self.response_frames
+        if r.ndim != 2 or r.shape[1] != self.n_neurons or not 1 <= r.shape[0] <= L:
+            raise ShapeMismatchError(f"rows must be (1..{L}, {self.n_neurons}), got {r.shape}")
+        x = np.empty((L, self.n_neurons), np.float32)
+        x[: r.shape[0]] = r
+        x[r.shape[0]:] = self.response_mean
+        if neuron_weights is not None:
+            missing = np.asarray(neuron_weights) == 0
+            if missing.any():
+                x[:, missing] = self.response_mean[missing]
+        if self._session is None:
+            self._session = self._build_session()
+        out = self._session.run(None, {"rows": x})[0]
+        return np.asarray(out, np.float32).reshape(self.frame_shape)
+
+    def _build_session(self) -> Any:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        L, K = self.response_frames, self.projection.shape[1]
+        hw = self.video_mean.size
+        nodes = [helper.make_node("MatMul", ["rows", "projection"], ["z"]),
+                 helper.make_node("Sub", ["z", "offset"], ["zc"]),
+                 helper.make_node("Reshape", ["zc", "flat_shape"], ["flat"]),
+                 helper.make_node("MatMul", ["flat", "decode"], ["pix"]),
+                 helper.make_node("Add", ["pix", "video_mean"], ["frame"])]
+        inits = [numpy_helper.from_array(self.projection, "projection"),
+                 numpy_helper.from_array(self.offset, "offset"),
+                 numpy_helper.from_array(np.array([1, L * K], np.int64), "flat_shape"),
+                 numpy_helper.from_array(self._decode, "decode"),
+                 numpy_helper.from_array(self.video_mean.reshape(1, hw), "video_mean")]
+        graph = helper.make_graph(nodes, "amortised", [helper.make_tensor_value_info("rows", TensorProto.FLOAT,
+                                                                                      [L, self.n_neurons])],
+                                  [helper.make_tensor_value_info("frame", TensorProto.FLOAT, [1, hw])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     def decode(self, responses: np.ndarray, neuron_weights: np.ndarray | None = None) -> np.ndarray:
         """A whole trial: responses (T, N) -> frames (T, H, W), pixels clipped to [0, 255]."""

@@ -50,7 +50,7 @@ WARM_STARTS = ("previous", "grey")
 
 #: The live step rule's defaults (the service's ``[reconstruction]`` defaults are the same),
 #: chosen on validation trials (``python -m benchmarks.quality --sweep``).
-LIVE_OPTIM_DEFAULTS: dict[str, Any] = {"learning_rate_px": 100.0, "smooth_sigma_px": 2.0, "smooth_sigma_frames": 1.0}
+LIVE_OPTIM_DEFAULTS: dict[str, Any] = {"learning_rate_px": 300.0, "smooth_sigma_px": 2.0, "smooth_sigma_frames": 1.0}
 
 
 @dataclass(frozen=True)
@@ -368,13 +368,9 @@ class LiveReconstructor:
         slot = self.window - 1 - a
         if self._frame_index[slot] < 0 or self._frame_index[slot] < self.newest - self.settings.lag_frames:
             return
-        L = self.amortised.response_frames
-        rows = self._targets[slot:slot + a + 1]
-        z = self.amortised.project(rows, self._weights)                 # (a + 1, K)
-        comps = np.zeros((1, L, z.shape[1]), np.float32)
-        comps[0, : a + 1] = z
         o = self.settings.optim
-        frame = np.clip(self.amortised.frames_from_components(comps)[0], o.pixel_min_px, o.pixel_max_px)
+        frame = np.clip(self.amortised.estimate_frame(self._targets[slot:slot + a + 1], self._weights),
+                        o.pixel_min_px, o.pixel_max_px)
         for m in self._members:
             m.video[slot] = frame
             if m.feat_ok is not None:

@@ -33,17 +33,20 @@ class OfflineSettings:
 
     window_frames : frames per encoder window (must equal the encoder's window)
     stride_frames : stride between window starts
-    iterations : optimiser iterations over the whole trial
+    iterations : optimiser iterations over the whole trial (published: 1000; the default
+        step rule's curve plateaus by about 100 on validation trials, so 200 is the default)
     blur_sigma_frames, blur_sigma_px : Gaussian blur of the ensemble average (0 = off)
-    optim : the step rule
+    optim : the step rule; default: the published rule plus gradient smoothing (3 px,
+        1 frame) and step decay (d = 5, power 2), chosen on validation trials
+        (``python -m benchmarks.quality --sweep``); ``published_optim()`` is the rule as published
     """
 
     window_frames: int = 32
     stride_frames: int = 8
-    iterations: int = 1000
+    iterations: int = 200
     blur_sigma_frames: float = 0.5
     blur_sigma_px: float = 0.5
-    optim: OptimSettings = field(default_factory=OptimSettings)
+    optim: OptimSettings = field(default_factory=lambda: OptimSettings(**OFFLINE_OPTIM_DEFAULTS))
 
     def __post_init__(self) -> None:
         if not (1 <= self.window_frames <= 1024):
@@ -58,6 +61,16 @@ class OfflineSettings:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> OfflineSettings:
         return cls(**settings_with_optim(cls, data))
+
+
+#: The offline step rule's defaults beyond the published ones (chosen on validation trials).
+OFFLINE_OPTIM_DEFAULTS: dict[str, Any] = {"smooth_sigma_px": 3.0, "smooth_sigma_frames": 1.0,
+                                          "decay_iterations": 5, "decay_power": 2.0}
+
+
+def published_settings(window_frames: int = 32) -> OfflineSettings:
+    """The protocol exactly as published: 1000 iterations, plain step rule, grey start."""
+    return OfflineSettings(window_frames=window_frames, iterations=1000, optim=OptimSettings())
 
 
 def window_starts(n_frames: int, window: int, stride: int) -> np.ndarray:

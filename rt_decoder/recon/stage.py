@@ -43,7 +43,7 @@ class StageSettings:
     max_members: int = 0
     steps_per_member: int = 3
     cached_context: bool = True
-    learning_rate_px: float = 100.0
+    learning_rate_px: float = 300.0
     momentum: float = 0.9
     warmup_iterations: int = 10
     warm_start: str = "previous"
@@ -97,6 +97,10 @@ class LiveStage:
         from rt_decoder.recon.runner import load_amortised
 
         self.amortised = load_amortised(self.opened.model) if settings.amortised_start else None
+        #: the deconvolution settings the model's training responses were made with (manifest
+        #: ``training.deconv_settings``): the service uses them under its own [deconv] keys
+        ds = self.opened.model.manifest.training.get("deconv_settings")
+        self.model_deconv: dict[str, Any] = dict(ds) if isinstance(ds, dict) else {}
         self.live = LiveReconstructor(self.opened.encoders, self.opened.train_mask, settings.live_settings(),
                                       amortised=self.amortised)
         self.roi_coverage = 1.0
