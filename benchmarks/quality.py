@@ -526,8 +526,19 @@ def main(argv: list[str] | None = None) -> int:
         print(_table(res))
         print(f"({res['config']['seconds']:.0f} s)")
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        Path(args.out).write_text(json.dumps(_finite(res), indent=2, allow_nan=False))
     return 0
+
+
+def _finite(obj: Any) -> Any:
+    """NaN (the correlation of a constant video, e.g. a grey start) -> null, so the JSON is valid."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 if __name__ == "__main__":
