@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --neuron-fraction")
     p.add_argument("--no-figures", action="store_true", help="skip the GIF and PNG")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="one Ray task per (trial, member), --threads threads each: no ADDRESS = a local Ray "
+                        "instance, 'auto' = the cluster of `ray start`, or HOST:PORT (needs rt-decoder[scale])")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
     if args.neuron_fraction < 1.0:
         weights = neuron_subset_weights(ds.n_neurons, args.neuron_fraction, np.random.default_rng(args.seed))
     out = Path(args.out)
+    if args.ray is not None:  # the same per-member reconstruction as below, as Ray tasks
+        from rt_decoder.scale.recon import run_reconstruct
+
+        return run_reconstruct(args, ds, ids, opened, settings, weights)
     results = []
     total = len(ids) * len(opened.encoders) * args.iterations
     with tqdm(total=total, desc="reconstruct", unit="it", disable=args.no_progress) as bar:

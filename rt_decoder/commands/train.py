@@ -21,6 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--live-frames", type=int, default=0, help="also export live graphs of this many frames")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--no-export", action="store_true", help="do not write ONNX graphs")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="one Ray task per member, --threads threads each: no ADDRESS = a local Ray instance, "
+                        "'auto' = the cluster of `ray start`, or HOST:PORT (needs rt-decoder[scale])")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,14 +55,20 @@ def _train(args: argparse.Namespace, out: Path, logger: logging.Logger) -> int:
                                    ("max_minutes", args.max_minutes)) if v is not None}
     cfg = TrainConfig(**overrides)
     split = load_split(args.data, cfg.val_fraction)
-    bar = tqdm(total=args.ensemble * cfg.epochs, desc="train", unit="epoch")
+    trainer = None
+    if args.ray is not None:  # the same per-member training, as Ray tasks with their own progress bar
+        from rt_decoder.scale import RaySettings
+        from rt_decoder.scale.train import RayMemberTrainer
+
+        trainer = RayMemberTrainer(RaySettings(address=args.ray, threads_per_task=args.threads), logger)
+    bar = tqdm(total=args.ensemble * cfg.epochs, desc="train", unit="epoch", disable=trainer is not None)
 
     def progress(msg: str) -> None:
         bar.update(1)
         bar.set_postfix_str(msg.split(": ", 1)[-1])
 
     man = train_model(split, out, cfg=cfg, ensemble=args.ensemble, seed=args.seed,
-                      window_frames=args.window, progress=progress)
+                      window_frames=args.window, progress=progress, train_members=trainer)
     bar.close()
     if not args.no_export:
         export_model(out, out, window_frames=args.window, live_frames=args.live_frames)

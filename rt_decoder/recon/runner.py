@@ -79,15 +79,25 @@ def reconstruct_trial(opened: OpenedModel, trial: Any, settings: OfflineSettings
         cb = None if progress is None else (lambda it, loss, v: progress(1))
         members.append(reconstruct_single(enc, trial.responses, trial.behaviour, opened.train_mask, settings,
                                           neuron_weights=neuron_weights, callback=cb))
-    seconds = time.perf_counter() - t0
+    return score_members(trial, members, settings, opened.eval_mask, time.perf_counter() - t0)
+
+
+def score_members(trial: Any, members: Sequence[np.ndarray], settings: OfflineSettings, eval_mask: np.ndarray,
+                  seconds: float) -> TrialResult:
+    """Average the members' videos (in member order), blur, and score against ``trial.video``.
+
+    The second half of :func:`reconstruct_trial`; ``rt_decoder.scale`` calls it with the
+    member videos that Ray workers reconstructed.
+    """
+    members = list(members)
     mean = np.mean(np.stack(members), axis=0)
     video = blur_video(mean, settings.blur_sigma_frames, settings.blur_sigma_px)
     truth = np.asarray(trial.video, np.float32)
     metrics: dict[str, Any] = {"trial_id": int(trial.trial_id), "members": len(members),
                                "iterations": settings.iterations, "seconds": seconds}
-    metrics.update(quality_report(truth, video, opened.eval_mask).as_dict())
-    metrics["video_corr_unblurred"] = quality_report(truth, mean, opened.eval_mask).video_corr
-    metrics["member_video_corr"] = [quality_report(truth, m, opened.eval_mask).video_corr for m in members]
+    metrics.update(quality_report(truth, video, eval_mask).as_dict())
+    metrics["video_corr_unblurred"] = quality_report(truth, mean, eval_mask).video_corr
+    metrics["member_video_corr"] = [quality_report(truth, m, eval_mask).video_corr for m in members]
     return TrialResult(int(trial.trial_id), video, members, metrics)
 
 
