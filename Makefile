@@ -11,7 +11,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[dev,train]'
+	$(PY) -m pip install -q -e '.[dev,train,scale]'
 	# real Suite2p for the suite2p-live comparison test; --no-deps: see pyproject's dev extra
 	$(PY) -m pip install -q --no-deps 'suite2p==0.14.6'
 	touch $(STAMP)
@@ -30,6 +30,7 @@ bench: venv
 	$(PY) -m benchmarks.bindings --out bench-bindings.json
 	$(PY) -m benchmarks.calibration --out bench-calibration.json
 	$(PY) -m benchmarks.quality --out bench-quality.json
+	$(PY) -m benchmarks.scale --out bench-scale.json
 
 # The shipped demo encoder ensemble (rt_decoder/models/demo, ~1.5 MB of weights): simulate the
 # default virtual rig (8,000 neurons, 30 trials, deconvolved responses) and train 3 members.
