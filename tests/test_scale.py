@@ -203,6 +203,32 @@ def test_ctrl_c_leaves_only_complete_outputs(cluster: str, tiny: dict[str, Path]
     assert json.loads((out / "6_metrics.json").read_text())["trial_id"] == 6
 
 
+def test_an_error_inside_a_task_ends_the_run_with_that_error(cluster: str) -> None:
+    from rt_decoder.errors import ConfigError
+    from rt_decoder.scale import RaySettings
+    from rt_decoder.scale._ray import TaskBar, ray_session, run_tasks
+
+    def bad_task(x: int) -> int:  # defined here: Ray ships it by value
+        from rt_decoder.errors import ConfigError
+
+        raise ConfigError(f"window_frames must be in [1, 1024], got {x}")
+
+    def slow_task() -> int:
+        time.sleep(30)
+        return 1
+
+    with ray_session(RaySettings(address=cluster, progress=False)) as r:
+        refs = {"bad": r.remote(max_retries=3)(bad_task).remote(0), "slow": r.remote(slow_task).remote()}
+        bar = TaskBar({"bad": 1, "slow": 1}, unit="it", desc="t", enabled=False)
+        t0 = time.monotonic()
+        with pytest.raises(ConfigError, match="got 0"):  # the task's own error, not retried
+            run_tasks(r, refs, lambda name, value: None, bar)
+        assert time.monotonic() - t0 < 20  # did not wait for the slow task, which was cancelled
+        with pytest.raises(r.exceptions.TaskCancelledError):
+            r.get(refs["slow"], timeout=20)
+    assert not ray.is_initialized()
+
+
 # ----------------------------------------------------------------------------- no cluster needed
 def test_without_ray_the_error_names_the_extra(tiny: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch,

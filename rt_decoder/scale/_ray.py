@@ -103,7 +103,10 @@ def ray_session(settings: RaySettings) -> Iterator[ModuleType]:
     try:
         ray.init(address=settings.address, **kwargs)
     except ConnectionError as exc:
-        raise BackendUnavailableError(f"cannot reach a Ray cluster at {settings.address!r}: {exc}") from exc
+        hint = ("" if settings.address in ("local", "auto") else
+                "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and give this machine "
+                "the head's token (~/.ray/auth_token or RAY_AUTH_TOKEN)")
+        raise BackendUnavailableError(f"cannot reach a Ray cluster at {settings.address!r}: {exc}{hint}") from exc
     try:
         yield ray
     finally:
