@@ -265,6 +265,9 @@ def test_model_files_travel_as_bytes_and_load_with_the_manifest_loader(tiny: dic
     assert materialise_model(files, cache_dir=tmp_path) == root  # reused, not rewritten
     again = load_model(root)
     assert all(np.array_equal(a[k], b[k]) for a, b in zip(model.params, again.params) for k in a)
+    (root / "neuron_ids.npy").write_bytes(b"changed on disk")
+    private = materialise_model(files, cache_dir=tmp_path)  # not trusted: a fresh copy
+    assert private != root and (private / "neuron_ids.npy").read_bytes() == files["neuron_ids.npy"]
     with pytest.raises(ModelError, match="relative path"):
         materialise_model({"../evil": b"x", **files}, cache_dir=tmp_path)
     tampered = dict(files)

@@ -170,7 +170,10 @@ def materialise_model(files: Mapping[str, bytes], cache_dir: Path | None = None)
     base.mkdir(parents=True, exist_ok=True)
     root = base / digest
     if (root / "manifest.json").is_file():
-        return root
+        if _holds(root, files):
+            return root
+        # changed on disk since it was written: use a private copy
+        root = Path(tempfile.mkdtemp(prefix=f"{digest[:12]}-private-", dir=base))
     tmp = Path(tempfile.mkdtemp(prefix=f".{digest[:12]}-", dir=base))
     try:
         for name, data in files.items():
@@ -185,6 +188,14 @@ def materialise_model(files: Mapping[str, bytes], cache_dir: Path | None = None)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+def _holds(root: Path, files: Mapping[str, bytes]) -> bool:
+    """Whether ``root`` holds exactly these bytes under these names."""
+    try:
+        return all((root / name).read_bytes() == data for name, data in files.items())
+    except OSError:
+        return False
 
 
 # ----------------------------------------------------------------------------- progress
@@ -323,14 +334,25 @@ def run_tasks(ray: ModuleType, refs: Mapping[str, Any], on_result: Callable[[str
     propagates.
     """
     pending = {ref: task for task, ref in refs.items()}
+
+    def poll_progress() -> None:
+        nonlocal sink
+        if sink is None:
+            return
+        try:
+            done, messages = ray.get(sink.snapshot.remote(), timeout=30)
+        except ray.exceptions.RayError as exc:  # progress is best effort: carry on without it
+            log.warning("progress reports lost: %s", exc)
+            sink = None
+            return
+        bar.update(done)
+        if messages and on_messages is not None:
+            on_messages(messages)
+
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll_s)
-            if sink is not None:
-                done, messages = ray.get(sink.snapshot.remote())
-                bar.update(done)
-                if messages and on_messages is not None:
-                    on_messages(messages)
+            poll_progress()
             for ref in ready:
                 task = pending.pop(ref)
                 try:
@@ -343,11 +365,7 @@ def run_tasks(ray: ModuleType, refs: Mapping[str, Any], on_result: Callable[[str
                 except ray.exceptions.RayError as exc:
                     raise RtDecoderError(f"Ray task {task} failed after its retries: {exc}") from exc
                 on_result(task, value)
-        if sink is not None:
-            done, messages = ray.get(sink.snapshot.remote())
-            bar.update(done)
-            if messages and on_messages is not None:
-                on_messages(messages)
+        poll_progress()
     except BaseException:
         for ref in pending:
             try:
