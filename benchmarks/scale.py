@@ -23,8 +23,10 @@ that is not reconstruction: scheduling, transfers, model loading, scoring on the
 change of the machine's load hits all cases; medians over the rounds are reported.
 
 JSON fields: ``cases`` (entries ``workers``, ``tasks``, ``wall_s`` (median),
-``wall_s_runs``, ``speedup`` (vs 1 worker), ``efficiency``, ``tasks_per_s``, ``compute_s``,
-``load_average_before``), ``local_wall_s``, ``overhead_ms_per_task``, ``null_task_ms``,
+``wall_s_runs``, ``speedup`` (vs 1 worker), ``efficiency``, ``tasks_per_s``, ``compute_s``
+(sum over tasks of their wall time), ``cpu_s`` (sum of their CPU time), ``cpu_share``
+(``cpu_s / (wall_s x workers)``: the share of the reserved cores the workers actually got;
+below 1 when other processes take the CPUs), ``load_average_before``), ``local_wall_s``, ``overhead_ms_per_task``, ``null_task_ms``,
 ``job``, ``machine``. The load average is recorded before every run: on a shared machine
 other processes take cores, and a speed-up can only be judged with it.
 """
@@ -109,9 +111,11 @@ def _ray_case(workers: int, opened: Any, trials: list[Any], settings: Any, local
         if not np.array_equal(a.video, b.video):
             raise SystemExit(f"trial {a.trial_id}: the Ray run's video differs from the local run's")
     compute = sum(t.compute_s for t in res.tasks)
+    cpu = sum(t.cpu_s for t in res.tasks)
     opening = sum(t.open_s for t in res.tasks)
     print(f"{workers} worker(s): {n_tasks} tasks in {res.wall_s:.1f} s (load {load[0]:.1f})", flush=True)
-    return {"wall_s": res.wall_s, "compute_s": compute, "open_s": opening,
+    return {"wall_s": res.wall_s, "compute_s": compute, "cpu_s": cpu, "cpu_share": cpu / (res.wall_s * workers),
+            "open_s": opening,
             "overhead_ms_per_task": (res.wall_s - compute) / n_tasks * 1e3 if workers == 1 else None,
             "workers_used": len({t.worker for t in res.tasks}), "warm_workers": n_warm, "warmup_s": warm_s,
             "null_task_ms": null_ms, "load_average_before": load}
@@ -133,9 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_tasks = len(trials) * len(opened.encoders)
         for r in range(args.repeats):  # rounds alternate the cases, so a change of load hits all of them
             load = list(os.getloadavg())
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             local = [reconstruct_trial(opened, tr, settings) for tr in trials]
-            local_runs.append({"wall_s": time.perf_counter() - t0, "load_average_before": load})
+            local_runs.append({"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
+                               "load_average_before": load})
             print(f"local (no Ray): {n_tasks} tasks in {local_runs[-1]['wall_s']:.1f} s (load {load[0]:.1f})",
                   flush=True)
             for w in args.workers:
@@ -147,7 +152,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cases.append({"workers": w, "tasks": n_tasks, "wall_s": med([x["wall_s"] for x in rs]),
                       "wall_s_runs": [x["wall_s"] for x in rs],
                       "tasks_per_s": n_tasks / med([x["wall_s"] for x in rs]),
-                      "compute_s": med([x["compute_s"] for x in rs]), "open_s": med([x["open_s"] for x in rs]),
+                      "compute_s": med([x["compute_s"] for x in rs]), "cpu_s": med([x["cpu_s"] for x in rs]),
+                      "cpu_share": med([x["cpu_share"] for x in rs]), "open_s": med([x["open_s"] for x in rs]),
                       "workers_used": min(x["workers_used"] for x in rs),
                       "load_average_before": [x["load_average_before"] for x in rs]})
     base = next((c["wall_s"] for c in cases if c["workers"] == 1), cases[0]["wall_s"] * cases[0]["workers"])
@@ -186,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(res, indent=2))
     for c in res["cases"]:
         print(f"workers {c['workers']}: {c['tasks']} tasks, wall {c['wall_s']:.1f} s, speed-up {c['speedup']:.2f}, "
-              f"efficiency {c['efficiency']:.2f}, {c['tasks_per_s']:.2f} tasks/s")
+              f"efficiency {c['efficiency']:.2f}, {c['tasks_per_s']:.2f} tasks/s, CPU share {c['cpu_share']:.2f}")
     print(f"local (no Ray) {res['local_wall_s']:.1f} s; overhead {res['overhead_ms_per_task']:.0f} ms/task; "
           f"null task {res['null_task_ms']:.2f} ms")
     return 0

@@ -46,6 +46,7 @@ class TaskRecord:
     worker: str
     open_s: float
     compute_s: float
+    cpu_s: float = 0.0  # CPU time of the worker process during compute (all its threads)
 
 
 @dataclass
@@ -97,13 +98,15 @@ def reconstruct_member_task(files: dict[str, bytes], member: int, backend: str, 
     t0 = time.perf_counter()
     opened = _open_member(files, member, backend, threads)
     t1 = time.perf_counter()
+    c1 = time.process_time()
     # writable copies of the object store's read-only buffers (same values, same dtypes)
     trial = SensoriumTrial(trial_id=trial_id, tier=tier, video=np.array(video), responses=np.array(responses),
                            behaviour=np.array(behaviour))
     report = Reporter(sink, task)
     result = reconstruct_trial(opened, trial, settings, neuron_weights=neuron_weights, progress=report)
     report.flush()
-    return result.members[0], {"worker": report.worker, "open_s": t1 - t0, "compute_s": time.perf_counter() - t1}
+    return result.members[0], {"worker": report.worker, "open_s": t1 - t0, "compute_s": time.perf_counter() - t1,
+                               "cpu_s": time.process_time() - c1}
 
 
 def reconstruct_on_ray(opened: Any, trials: Sequence[Any], settings: Any, ray_settings: RaySettings, *,
@@ -165,7 +168,7 @@ def reconstruct_on_ray(opened: Any, trials: Sequence[Any], settings: Any, ray_se
             members[i][k] = np.asarray(video, np.float32)
             seconds[i] += float(meta["compute_s"])
             records.append(TaskRecord(name, int(trials[i].trial_id), k, str(meta["worker"]), float(meta["open_s"]),
-                                      float(meta["compute_s"])))
+                                      float(meta["compute_s"]), float(meta["cpu_s"])))
             bar.task_finished(name, str(meta["worker"]), settings.iterations, float(meta["compute_s"]))
             if len(members[i]) == n_members:
                 res = score_members(trials[i], [members[i][j] for j in range(n_members)], settings,
