@@ -7,7 +7,9 @@ published offline protocol for ``--iterations`` iterations on ``--frames``-frame
 with a random encoder of ``--neurons`` neurons (default architecture, window 16; timing
 does not depend on the weights' values). Every task runs with 1 thread (ONNX Runtime
 intra-op, OpenMP / BLAS / numba pinned through the environment). For each worker count a
-fresh local Ray instance with that many CPUs is started and its workers are warmed up
+fresh local Ray instance with that many CPUs is started, its workers at niceness 0 (Ray's
+default is 15: on a shared machine they would yield to every other process, and to the
+local reference run), and its workers are warmed up
 (started, onnxruntime and rt-decoder imported: not timed), then the job runs
 through ``rt_decoder.scale.recon.reconstruct_on_ray`` (timed: scheduling, shipping the
 model and arrays, model loading on the workers, compute, scoring on the driver).
@@ -90,7 +92,8 @@ def _ray_case(workers: int, opened: Any, trials: list[Any], settings: Any, local
     n_tasks = len(trials) * len(opened.encoders)
     load = list(os.getloadavg())
     ray.init(num_cpus=workers, include_dashboard=False, logging_level=logging.WARNING,
-             runtime_env={"env_vars": {name: "1" for name in THREAD_ENV}})
+             runtime_env={"env_vars": {name: "1" for name in THREAD_ENV}},
+             _system_config={"worker_niceness": 0})  # Ray's default 15 would yield to the local reference
     try:
         t1 = time.perf_counter()
         warm = ray.remote(num_cpus=1)(_warm_worker)
@@ -168,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "null_task_ms": one[0]["null_task_ms"] if one else None,
         "job": {"trials": args.trials, "members": args.members, "tasks": n_tasks, "iterations": args.iterations,
                 "frames": args.frames, "neurons": args.neurons, "window_frames": 16, "stride_frames": 8,
-                "threads_per_task": 1, "backend": "onnxruntime"},
+                "threads_per_task": 1, "backend": "onnxruntime", "worker_niceness": 0},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "ray": ray.__version__, "load_average_after": list(os.getloadavg())},
     }
