@@ -28,6 +28,8 @@ from rt_decoder.cli import main
 from rt_decoder.encoder import load_model
 from rt_decoder.errors import BackendUnavailableError, ModelError
 
+pytestmark = pytest.mark.slow  # a real cluster: about a minute for the module
+
 N_NEURONS = 80
 RECON_ARGS = ["--threads", "1", "--no-figures", "--no-progress"]
 
