@@ -28,7 +28,7 @@ JSON fields: ``cases`` (entries ``workers``, ``tasks``, ``wall_s`` (median),
 ``wall_s_runs``, ``speedup`` (vs 1 worker), ``efficiency``, ``tasks_per_s``, ``compute_s``
 (sum over tasks of their wall time), ``cpu_s`` (sum of their CPU time), ``cpu_share``
 (``cpu_s / (wall_s x workers)``: the share of the reserved cores the workers actually got;
-below 1 when other processes take the CPUs), ``load_average_before``), ``local_wall_s``, ``overhead_ms_per_task``, ``null_task_ms``,
+below 1 when other processes take the CPUs), ``load_average_before``), ``local_wall_s``, ``local_cpu_share``, ``overhead_ms_per_task``, ``null_task_ms``,
 ``job``, ``machine``. The load average is recorded before every run: on a shared machine
 other processes take cores, and a speed-up can only be judged with it.
 """
@@ -167,6 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "scale", "cases": cases, "repeats": args.repeats,
         "local_wall_s": med([x["wall_s"] for x in local_runs]), "local_runs": local_runs,
+        "local_cpu_share": med([x["cpu_s"] / x["wall_s"] for x in local_runs]),
         "overhead_ms_per_task": med([x["overhead_ms_per_task"] for x in one]) if one else None,
         "null_task_ms": one[0]["null_task_ms"] if one else None,
         "job": {"trials": args.trials, "members": args.members, "tasks": n_tasks, "iterations": args.iterations,
