@@ -28,8 +28,8 @@ JSON fields: ``cases`` (entries ``workers``, ``tasks``, ``wall_s`` (median),
 ``wall_s_runs``, ``speedup`` (vs 1 worker), ``efficiency``, ``tasks_per_s``, ``compute_s``
 (sum over tasks of their wall time), ``cpu_s`` (sum of their CPU time), ``cpu_share``
 (``cpu_s / (wall_s x workers)``: the share of the reserved cores the workers actually got;
-below 1 when other processes take the CPUs), ``load_average_before``), ``local_wall_s``, ``local_cpu_share``, ``overhead_ms_per_task``, ``null_task_ms``,
-``job``, ``machine``. The load average is recorded before every run: on a shared machine
+below 1 when other processes take the CPUs), ``load_average_before``), ``local_wall_s``,
+``local_cpu_share``, ``overhead_ms_per_task``, ``null_task_ms``, ``job``, ``machine``. The load average is recorded before every run: on a shared machine
 other processes take cores, and a speed-up can only be judged with it.
 """
 
