@@ -4,8 +4,9 @@ Each task runs ``rt_decoder.recon.runner.reconstruct_trial`` -- the function the
 ``rt-decoder reconstruct`` runs -- with a one-member model, on the trial's arrays; the
 driver averages the members' videos in member order, blurs and scores them with
 ``runner.score_members`` (the second half of ``reconstruct_trial``), so the videos and
-metrics are the local run's, bit for bit, for the same ``--threads`` (ONNX Runtime's
-reductions depend on the thread count, not on the process or machine).
+metrics are the local run's, bit for bit, for the same ``--threads`` on the same type of
+CPU (ONNX Runtime's reductions depend on the thread count and the instruction set, not on
+the process).
 
 What moves: the model folder once per job (the bytes of the files its manifest names,
 about 1.5 MB for the shipped demo; written once per node into a folder named by their

@@ -6,7 +6,8 @@ the local ``rt-decoder train`` calls for each seed -- with the same split, archi
 settings, seed and initial readout positions, with torch pinned to ``threads_per_task``
 threads; the driver rebuilds each member's ``Encoder`` from the returned float32 weights
 and ``train_model`` goes on as it does locally (alpha masks, held-out scores, manifest).
-The members' weights are the local run's, bit for bit, for the same ``--threads``.
+The members' weights are the local run's, bit for bit, for the same ``--threads`` on the
+same type of CPU.
 
 What moves: the training split once per job as float32 buffers (video, responses,
 behaviour, rates of every train / validation / test trial) plus the neuron ids and
