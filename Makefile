@@ -12,7 +12,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch: exactly the local CPU build (the [train] extra allows a range; never let pip pick one)
-	$(PY) -m pip install -q -e '.[dev,train,nwb]' 'torch==2.13.0'
+	$(PY) -m pip install -q -e '.[dev,train,nwb,scale]' 'torch==2.13.0'
 	# real Suite2p for the suite2p-live comparison test; --no-deps: see pyproject's dev extra
 	$(PY) -m pip install -q --no-deps 'suite2p==0.14.6'
 	touch $(STAMP)
@@ -33,6 +33,7 @@ bench: venv
 	$(PY) -m benchmarks.calibration --out bench-calibration.json
 	$(PY) -m benchmarks.quality --out bench-quality.json
 	$(PY) -m benchmarks.viewer --out bench-viewer.json
+	$(PY) -m benchmarks.scale --out bench-scale.json
 
 # The shipped demo model (rt_decoder/models/demo, ~4 MB): simulate the default virtual rig
 # (8,000 neurons, 300 trials: 240 train / 30 validation / 30 test, seed 0, responses from the

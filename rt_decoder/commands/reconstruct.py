@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nwb", default=None, metavar="OUT.nwb",
                    help="also write the reconstructions as an NWB file (ImageSeries per trial; needs pynwb)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out (and --nwb file)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="one Ray task per (trial, member), --threads threads each: no ADDRESS = a local Ray "
+                        "instance, 'auto' = the cluster of `ray start`, or HOST:PORT (needs rt-decoder[scale])")
 
 
 def parse_trial_ids(text: str, ds: Any) -> list[int]:
@@ -135,6 +138,10 @@ def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, setting
     from rt_decoder.io.safe import atomic_dir
     from rt_decoder.recon.runner import reconstruct_trial, summarise, write_trial_outputs
 
+    if args.ray is not None:  # the same per-member reconstruction as below, as Ray tasks
+        from rt_decoder.scale.recon import run_reconstruct
+
+        return run_reconstruct(args, ds, ids, opened, settings, weights, amortised=amortised)
     results = []
     truths = []
     total = len(ids) * len(opened.encoders) * settings.iterations

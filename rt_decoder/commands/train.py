@@ -31,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-export", action="store_true", help="do not write ONNX graphs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty --out folder (replaced as a whole when training is done)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="one Ray task per member, --threads threads each: no ADDRESS = a local Ray instance, "
+                        "'auto' = the cluster of `ray start`, or HOST:PORT (needs rt-decoder[scale])")
 
 
 def require_torch(what: str) -> None:
@@ -102,14 +105,20 @@ def _train(args: argparse.Namespace, out: Path, logger: logging.Logger, cfg: Any
     from rt_decoder.encoder.train import load_split, train_model
 
     split = load_split(args.data, cfg.val_fraction)
-    bar = tqdm(total=args.ensemble * cfg.epochs, desc="train", unit="epoch")
+    trainer = None
+    if args.ray is not None:  # the same per-member training, as Ray tasks with their own progress bar
+        from rt_decoder.scale import RaySettings
+        from rt_decoder.scale.train import RayMemberTrainer
+
+        trainer = RayMemberTrainer(RaySettings(address=args.ray, threads_per_task=args.threads), logger)
+    bar = tqdm(total=args.ensemble * cfg.epochs, desc="train", unit="epoch", disable=trainer is not None)
 
     def progress(msg: str) -> None:
         bar.update(1)
         bar.set_postfix_str(msg.split(": ", 1)[-1])
 
     man = train_model(split, out, cfg=cfg, ensemble=args.ensemble, seed=args.seed,
-                      window_frames=args.window, progress=progress)
+                      window_frames=args.window, progress=progress, train_members=trainer)
     bar.close()
     if not args.no_export:
         export_model(out, out, window_frames=args.window, live_frames=args.live_frames)

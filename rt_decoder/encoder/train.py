@@ -330,16 +330,23 @@ def alpha_from_sensitivity(sens: np.ndarray) -> np.ndarray:
     return (s / (0.5 * ref) if ref > 0 else np.ones_like(s)).astype(np.float32)
 
 
+#: Trains the members of seeds ``seeds`` from ``positions``; returns (model, history) per seed, in order.
+MemberTrainer = Callable[[DataSplit, ArchConfig, TrainConfig, Sequence[int], np.ndarray], list[tuple[Encoder, dict]]]
+
+
 def train_model(split: DataSplit, out_dir: str | Path, *, arch: ArchConfig | None = None,
                 cfg: TrainConfig | None = None, ensemble: int = 1, seed: int = 0, window_frames: int = 32,
                 progress: Callable[[str], None] | None = None,
-                amortised: AmortisedSettings | None = AmortisedSettings()) -> Manifest:
+                amortised: AmortisedSettings | None = AmortisedSettings(),
+                train_members: MemberTrainer | None = None) -> Manifest:
     """Train ``ensemble`` members (seeds seed..seed+K-1), write the model directory, return its manifest.
 
     With ``amortised`` settings (the default) the amortised decoder
     (``rt_decoder.recon.amortised``) is fitted on the same training trials, its ridge
     chosen on the validation trials, and written beside the members. The manifest records
     the trial ids of every part and the rig configuration, when the data was simulated.
+    ``train_members`` (default: :func:`train_member` for each seed, one after the other, here)
+    lets ``rt_decoder.scale`` train the members elsewhere with the same function.
     """
     arch = arch or ArchConfig()
     cfg = cfg or TrainConfig()
@@ -349,9 +356,13 @@ def train_model(split: DataSplit, out_dir: str | Path, *, arch: ArchConfig | Non
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     positions = initial_positions(split.train)
+    seeds = [seed + k for k in range(ensemble)]
+    if train_members is None:
+        trained = [train_member(split, arch, cfg, s, progress, positions) for s in seeds]
+    else:
+        trained = train_members(split, arch, cfg, seeds, positions)
     nets, members, histories = [], [], []
-    for k in range(ensemble):
-        net, info = train_member(split, arch, cfg, seed + k, progress, positions)
+    for k, (net, info) in enumerate(trained):
         mdir = out / f"member_{k}"
         mdir.mkdir(exist_ok=True)
         save_params(mdir / "weights.npz", net.to_numpy())

@@ -114,27 +114,42 @@ class TrialResult:
 
 def reconstruct_trial(opened: OpenedModel, trial: Any, settings: OfflineSettings, *,
                       neuron_weights: np.ndarray | None = None,
-                      progress: Callable[[int], None] | None = None, amortised: Any = None) -> TrialResult:
+                      progress: Callable[[int], None] | None = None, amortised: Any = None,
+                      init_video: np.ndarray | None = None) -> TrialResult:
     """Reconstruct one SensoriumTrial with every opened member; score against its video.
 
-    With ``amortised`` (an ``AmortisedDecoder``) every member starts from its estimate.
+    With ``amortised`` (an ``AmortisedDecoder``) every member starts from its estimate;
+    ``init_video`` (T, H, W) gives that start directly (``rt_decoder.scale`` computes it once
+    on the driver).
     """
     members = []
     t0 = time.perf_counter()
-    init = None if amortised is None else amortised.decode(np.asarray(trial.responses, np.float32), neuron_weights)
+    init = init_video
+    if init is None and amortised is not None:
+        init = amortised.decode(np.asarray(trial.responses, np.float32), neuron_weights)
     for enc in opened.encoders:
         cb = None if progress is None else (lambda it, loss, v: progress(1))
         members.append(reconstruct_single(enc, trial.responses, trial.behaviour, opened.train_mask, settings,
                                           neuron_weights=neuron_weights, callback=cb, init_video=init))
-    seconds = time.perf_counter() - t0
+    return score_members(trial, members, settings, opened.eval_mask, time.perf_counter() - t0)
+
+
+def score_members(trial: Any, members: Sequence[np.ndarray], settings: OfflineSettings, eval_mask: np.ndarray,
+                  seconds: float) -> TrialResult:
+    """Average the members' videos (in member order), blur, and score against ``trial.video``.
+
+    The second half of :func:`reconstruct_trial`; ``rt_decoder.scale`` calls it with the
+    member videos that Ray workers reconstructed.
+    """
+    members = list(members)
     mean = np.mean(np.stack(members), axis=0)
     video = blur_video(mean, settings.blur_sigma_frames, settings.blur_sigma_px)
     truth = np.asarray(trial.video, np.float32)
     metrics: dict[str, Any] = {"trial_id": int(trial.trial_id), "members": len(members),
                                "iterations": settings.iterations, "seconds": seconds}
-    metrics.update(quality_report(truth, video, opened.eval_mask).as_dict())
-    metrics["video_corr_unblurred"] = quality_report(truth, mean, opened.eval_mask).video_corr
-    metrics["member_video_corr"] = [quality_report(truth, m, opened.eval_mask).video_corr for m in members]
+    metrics.update(quality_report(truth, video, eval_mask).as_dict())
+    metrics["video_corr_unblurred"] = quality_report(truth, mean, eval_mask).video_corr
+    metrics["member_video_corr"] = [quality_report(truth, m, eval_mask).video_corr for m in members]
     return TrialResult(int(trial.trial_id), video, members, metrics)
 
 
