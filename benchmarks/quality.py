@@ -255,6 +255,12 @@ class _Runner:
         return float(np.mean(cs)), times, skipped, members, v
 
 
+def _best(curve: list[dict[str, float]]) -> int:
+    """Iterations of the best ensemble score (a grey start scores NaN at 0: left out)."""
+    ok = [e for e in curve if np.isfinite(e["ensemble"])]
+    return int(max(ok, key=lambda e: e["ensemble"])["iterations"])
+
+
 def _checkpoints(n: int) -> list[int]:
     return sorted({c for c in (0, 10, 20, 50, 100, 200, 500, 1000) if c < n} | {n})
 
@@ -278,7 +284,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cps = _checkpoints(args.iterations)
     val_snaps = r.offline_snapshots(val, settings, cps, amortised=True)
     res["validation_curve"] = r.curve(val, val_snaps, settings, cps)
-    best = max(res["validation_curve"], key=lambda e: e["ensemble"])["iterations"]
+    best = _best(res["validation_curve"])
     res["offline_iterations"] = best
     test_snaps = r.offline_snapshots(test, settings, cps, amortised=True)
     res["iterations_curve"] = r.curve(test, test_snaps, settings, cps)
@@ -315,7 +321,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if have_amortised:
         cps_wo = _checkpoints(min(args.iterations, args.iterations_without))
         val_wo = r.offline_snapshots(val, settings, cps_wo, amortised=False)
-        best_wo = max(r.curve(val, val_wo, settings, cps_wo), key=lambda e: e["ensemble"])["iterations"]
+        best_wo = _best(r.curve(val, val_wo, settings, cps_wo))
         test_wo = r.offline_snapshots(test, settings, [best_wo], amortised=False)
         off_wo = float(np.mean([r.corr(tr["video"], blur(np.mean([m[best_wo] for m in pm], axis=0)))
                                 for tr, pm in zip(test, test_wo)]))
