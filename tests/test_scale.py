@@ -31,7 +31,7 @@ from rt_decoder.errors import BackendUnavailableError, ModelError
 pytestmark = pytest.mark.slow  # a real cluster: about a minute for the module
 
 N_NEURONS = 80
-RECON_ARGS = ["--threads", "1", "--no-figures", "--no-progress"]
+RECON_ARGS = ["--allow-training-trials", "--threads", "1", "--no-figures", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -54,12 +54,14 @@ def test_tiers_follow_the_fractions(tmp_path: Path) -> None:
 def test_auto_uses_the_deconvolution_stage_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
-    def deconvolve_array(f: np.ndarray, frame_rate_hz: float) -> np.ndarray:
+    def deconvolve_array(f: np.ndarray, frame_rate_hz: float, settings: object = None) -> np.ndarray:
         calls.append(f.shape)
         return np.maximum(f - f.mean(axis=0), 0.0).astype(np.float32)
 
     fake = types.ModuleType("rt_decoder.deconv")
     fake.deconvolve_array = deconvolve_array  # type: ignore[attr-defined]
+    fake.DeconvSettings = dict  # type: ignore[attr-defined]
+    fake.ENCODER_TRAINING_DECONV = {"model": "ar1"}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "rt_decoder.deconv", fake)
     out = tmp_path / "ds"
     assert _run(out) == 0

@@ -69,6 +69,14 @@ def parse_trial_ids(text: str, ds: Any) -> list[int]:
     return ids
 
 
+def _summary_fields(args: argparse.Namespace, opened: Any, settings: Any, amortised: Any,
+                    seen: list[int]) -> dict[str, Any]:
+    """What ``metrics.json``'s summary says about the run (the same with and without --ray)."""
+    return dict(model=str(args.model), data=str(args.data), members=len(opened.encoders),
+                iterations=settings.iterations, neuron_fraction=args.neuron_fraction, backend=args.backend,
+                amortised_start=amortised is not None, training_trials_scored=seen, settings=asdict(settings))
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -141,7 +149,8 @@ def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, setting
     if args.ray is not None:  # the same per-member reconstruction as below, as Ray tasks
         from rt_decoder.scale.recon import run_reconstruct
 
-        return run_reconstruct(args, ds, ids, opened, settings, weights, amortised=amortised)
+        return run_reconstruct(args, ds, ids, opened, settings, weights, amortised=amortised,
+                               summary_fields=_summary_fields(args, opened, settings, amortised, seen))
     results = []
     truths = []
     total = len(ids) * len(opened.encoders) * settings.iterations
@@ -158,10 +167,7 @@ def _run(args: argparse.Namespace, ds: Any, ids: list[int], opened: Any, setting
             bar.write(f"trial {tid}: video_corr={res.metrics['video_corr']:.3f} "
                       f"(members {', '.join(f'{c:.3f}' for c in res.metrics['member_video_corr'])})")
         summary = summarise(results)
-        summary.update(model=str(args.model), data=str(args.data), members=len(opened.encoders),
-                       iterations=settings.iterations, neuron_fraction=args.neuron_fraction, backend=args.backend,
-                       amortised_start=amortised is not None, training_trials_scored=seen,
-                       settings=asdict(settings))
+        summary.update(_summary_fields(args, opened, settings, amortised, seen))
         (out / "metrics.json").write_text(json.dumps({"summary": summary, "trials": [r.metrics for r in results]},
                                                      indent=2))
         if args.nwb:

@@ -222,7 +222,8 @@ def write_json_atomically(path: Path, data: Any) -> None:
 
 
 def run_reconstruct(args: Any, ds: Any, ids: Sequence[int], opened: Any, settings: Any,
-                    neuron_weights: np.ndarray | None, amortised: Any = None) -> int:
+                    neuron_weights: np.ndarray | None, amortised: Any = None,
+                    summary_fields: dict[str, Any] | None = None) -> int:
     """``rt-decoder reconstruct --ray``: the command's run after trial selection (see its module)."""
     from tqdm import tqdm
 
@@ -241,9 +242,8 @@ def run_reconstruct(args: Any, ds: Any, ids: Sequence[int], opened: Any, setting
     run = reconstruct_on_ray(opened, trials, settings, rs, backend=args.backend, neuron_weights=neuron_weights,
                              on_trial=on_trial, amortised=amortised)
     summary = summarise(run.results)
-    summary.update(model=str(args.model), data=str(args.data), members=len(opened.encoders),
-                   iterations=args.iterations, neuron_fraction=args.neuron_fraction, backend=args.backend,
-                   ray={"address": args.ray, "threads_per_task": args.threads, **run.summary()})
+    summary.update(summary_fields or {})
+    summary.update(ray={"address": args.ray, "threads_per_task": args.threads, **run.summary()})
     write_json_atomically(out / "metrics.json", {"summary": summary, "trials": [r.metrics for r in run.results]})
     print(json.dumps(summary, indent=2))
     return 0
