@@ -262,10 +262,14 @@ class LiveReconstructor:
         saved_idx = self._frame_index.copy()
         self._frame_index[:] = np.arange(self.window)          # pretend a full window
         times = []
+        # a whole step as the frame loop runs it (gradient, smoothing, update), on the frames
+        # a real window optimises
+        active = np.zeros(self.window, bool)
+        active[self.window - 1 - self.settings.lag_frames:] = True
         for k in range(max(1, n_steps)):
             m = self._members[k % len(self._members)]
             t0 = self._clock()
-            self._member_grad(m)
+            self._step_member(m, active)
             times.append(self._clock() - t0)
         for m, (v, mo, it) in zip(self._members, saved):
             m.video[:], m.moment[:], m.iters[:] = v, mo, it
