@@ -108,6 +108,7 @@ class AmortisedDecoder:
             raise ModelError(f"amortised response mean has shape {self.response_mean.shape}, expected ({n},)")
         self._decode = (self.weights @ self.video_basis).astype(np.float32)   # (L*K, H*W)
         self._session: Any = None
+        self._rows = np.empty((self.response_frames, self.n_neurons), np.float32)
 
     @property
     def n_neurons(self) -> int:
@@ -155,7 +156,7 @@ class AmortisedDecoder:
         L = self.response_frames
         if r.ndim != 2 or r.shape[1] != self.n_neurons or not 1 <= r.shape[0] <= L:
             raise ShapeMismatchError(f"rows must be (1..{L}, {self.n_neurons}), got {r.shape}")
-        x = np.empty((L, self.n_neurons), np.float32)
+        x = self._rows                      # (L, N), allocated once: this runs every live frame
         x[: r.shape[0]] = r
         x[r.shape[0]:] = self.response_mean
         if neuron_weights is not None:
