@@ -362,21 +362,13 @@ class Replayer:
             self.pub.send_frame(fr.values, frame_index, acq_ns, behaviour=fr.behaviour)
         # the true stimulus follows its frame, as the virtual rig sends it (for sinks and
         # recordings; decoders ignore it); frames recorded without one (NaN) send none
-        if (fr.stimulus is not None and self.settings.send_stimulus and hasattr(self.pub, "send_stimulus")
-                and np.isfinite(fr.stimulus).all()):
+        if fr.stimulus is not None and self.settings.send_stimulus and np.isfinite(fr.stimulus).all():
             self.pub.send_stimulus(fr.stimulus, frame_index, acq_ns)
 
     def _drop(self) -> None:
-        # keep the publisher's sequence numbering honest: a dropped frame is a seq gap, as
-        # a real network loss would be (uses the publisher's skip hook when it has one)
-        for name in ("skip", "skip_seq"):
-            fn = getattr(self.pub, name, None)
-            if callable(fn):
-                fn(1)
-                return
-        if isinstance(getattr(self.pub, "_seq", None), int):
-            # StreamPublisher has no public skip hook yet: advance its counter directly
-            self.pub._seq += 1
+        # keep the sequence numbering honest: a dropped frame is a seq gap, as a real
+        # network loss would be
+        self.pub.skip(1)
 
     def run(self) -> ReplayStats:
         """Replay (blocking) and return the statistics."""
@@ -438,41 +430,17 @@ class Replayer:
 def make_publisher(address: str, info: SessionInfo, *, bind: bool, ctx: Any = None,
                    curve_client_key_file: str = "", curve_server_key_file: str = "",
                    allow_remote: bool = False, sndhwm: int = 100_000) -> Any:
-    """A ``StreamPublisher`` for ``address``; with CURVE keys, on a PUB socket made a CURVE client.
+    """A ``StreamPublisher`` for ``address``, a CURVE client of the server when both key files
+    are given."""
+    from streaming.transport import Curve, StreamPublisher
 
-    Without CURVE the publisher owns its (XPUB) socket, so ``wait_for_subscribers`` works;
-    with CURVE this function creates the socket (the transport has no CURVE options) and
-    closes it through the returned publisher's ``close``.
-    """
-    import zmq
-
-    from streaming.transport import StreamPublisher
-
-    if not (curve_client_key_file or curve_server_key_file):
-        return StreamPublisher(address, info, bind=bind, allow_remote=allow_remote, sndhwm=sndhwm, context=ctx)
-    if not (curve_client_key_file and curve_server_key_file):
-        raise ConfigError("CURVE needs both the client secret key file and the server public key file")
-    from streaming.service import apply_curve_client
-
-    ctx = ctx or zmq.Context.instance()
-    sock = ctx.socket(zmq.PUB)
-    sock.linger = 2000
-    sock.sndhwm = sndhwm
-    apply_curve_client(sock, curve_client_key_file, curve_server_key_file)
-    try:
-        sock.bind(address) if bind else sock.connect(address)
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise ConfigError(f"cannot {'bind' if bind else 'connect'} {address!r}: {exc}") from None
-    pub = StreamPublisher(sock, info, bind=bind)
-    inner_close = pub.close
-
-    def close() -> None:
-        inner_close()
-        sock.close(linger=2000)
-
-    pub.close = close  # type: ignore[method-assign]
-    return pub
+    curve = None
+    if curve_client_key_file or curve_server_key_file:
+        if not (curve_client_key_file and curve_server_key_file):
+            raise ConfigError("CURVE needs both the client secret key file and the server public key file")
+        curve = Curve(curve_client_key_file, server=False, server_public_key_file=curve_server_key_file)
+    return StreamPublisher(address, info, bind=bind, allow_non_loopback=allow_remote, sndhwm=sndhwm, context=ctx,
+                           curve=curve, linger_ms=2000)
 
 
 def stats_json(stats: ReplayStats) -> str:

@@ -12,14 +12,19 @@ messages from seq gaps per session, notices a new session id (source restart) an
 the latest ``SessionInfo``.
 
 Both accept either an address (they create and own the socket) or a socket-like object;
-``InMemoryLink`` provides such objects for tests, with message dropping and injection.
-This module is the only one besides the CLI that imports zmq; it imports no pipeline
-stage.
+``InMemoryLink`` provides such objects for tests, with message dropping and injection, and
+needs no zmq at all.
+
+This module owns every ZeroMQ socket of the project: ``open_socket`` is the one place that
+creates, configures (high-water marks, size limits, CURVE), binds or connects a socket and
+applies the address policy (``is_loopback_address``, ``check_address``). zmq is imported
+inside functions only; the module imports no pipeline stage.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import ipaddress
 import math
 import threading
@@ -57,22 +62,36 @@ class SocketLike(Protocol):
 # ---------------------------------------------------------------------------- addresses
 
 
-def is_loopback_address(address: str) -> bool:
-    """True when binding ``address`` exposes nothing beyond this machine.
+_LOOPBACK_NAMES = frozenset({"localhost", "lo"})
 
-    ``ipc://`` and ``inproc://`` are local; ``tcp://`` is local when its host is a
-    loopback IP, ``localhost`` or the loopback interface ``lo``. ``*`` and ``0.0.0.0``
-    (every interface) are not.
+#: ``zmq.POLLIN`` / ``zmq.NOBLOCK`` (stable values of the ZeroMQ API), so that code that only
+#: polls and receives needs no zmq import (the in-memory fake works without zmq).
+POLLIN = 1
+NOBLOCK = 1
+
+
+class WouldBlock(Exception):
+    """Nothing to receive now (a non-blocking receive on the in-memory fake)."""
+
+
+def is_loopback_address(address: str) -> bool:
+    """True when ``address`` reaches nothing beyond this machine.
+
+    ``ipc://`` and ``inproc://`` are local; ``tcp://`` is local when its host is a loopback
+    IP (``127.0.0.0/8``, ``::1``, bracketed or not), ``localhost`` or the loopback interface
+    ``lo``. ``*`` and ``0.0.0.0`` (every interface) and other hosts are not. In ZeroMQ's
+    ``source;destination`` form the destination is judged.
     """
     if address.startswith(("ipc://", "inproc://")):
         return True
     if not address.startswith("tcp://"):
         return False
-    host = address[len("tcp://"):].rsplit(":", 1)[0]
-    host = host.split(";")[-1]  # "source;dest" form: the bound side is the dest
+    rest = address[len("tcp://"):]
+    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
+    host = host.split(";")[-1]
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if host in ("localhost", "lo"):
+    if host in _LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -80,32 +99,152 @@ def is_loopback_address(address: str) -> bool:
         return False
 
 
-def check_bind_address(address: str, *, allow_remote: bool) -> None:
-    """Refuse to bind a non-loopback address unless ``allow_remote`` was asked for.
+def check_address(address: str, *, allow_non_loopback: bool, what: str = "address") -> None:
+    """The address policy: a ZeroMQ endpoint, and loopback unless ``allow_non_loopback``.
 
     Raises
     ------
     ConfigError
-        Naming the address.
+        Naming ``what`` and the address.
     """
-    if not address.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError(f"address {address!r} must start with tcp://, ipc:// or inproc://")
-    if not allow_remote and not is_loopback_address(address):
-        raise ConfigError(f"refusing to bind non-loopback address {address!r}: it would accept connections "
-                          "from the network; use 127.0.0.1, or ask for it explicitly (allow_remote / --allow-remote)")
+    if not isinstance(address, str) or not address.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ConfigError(f"{what}: address {address!r} must start with tcp://, ipc:// or inproc://")
+    if not allow_non_loopback and not is_loopback_address(address):
+        raise ConfigError(
+            f"{what}: address {address!r} is not loopback; it would be reachable from the network. "
+            "Use 127.0.0.1, or ask for it explicitly (allow_non_loopback = true in the config section, "
+            "--allow-non-loopback on the command line) and consider CURVE keys")
 
 
-def _zmq_socket(kind: int, address: str, *, bind: bool, allow_remote: bool, options: Mapping[Any, Any],
-                context: Any = None) -> tuple[Any, str]:
+def check_bind_address(address: str, *, allow_remote: bool) -> None:
+    """``check_address`` for an address to bind (kept for callers of the first release)."""
+    check_address(address, allow_non_loopback=allow_remote, what="bind")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """CURVE security for one socket (key files in ``zmq.auth`` format).
+
+    A server (``server=True``) needs its own ``secret_key_file`` and may restrict clients
+    to the public keys in ``authorized_keys_dir``; a client needs its ``secret_key_file``
+    and the server's ``server_public_key_file``.
+    """
+
+    secret_key_file: str
+    server: bool = True
+    authorized_keys_dir: str = ""
+    server_public_key_file: str = ""
+
+
+def _apply_curve(sock: Any, curve: Curve, context: Any) -> Any:
+    """Configure CURVE on ``sock``; returns the started authenticator (or None)."""
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(curve.secret_key_file)
+    if secret is None:
+        raise ConfigError(f"CURVE key file {curve.secret_key_file!r} holds no secret key")
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    if not curve.server:
+        server_public, _ = zmq.auth.load_certificate(curve.server_public_key_file)
+        sock.curve_serverkey = server_public
+        return None
+    sock.curve_server = True
+    if not curve.authorized_keys_dir:
+        return None
+    from zmq.auth.thread import ThreadAuthenticator
+
+    auth = ThreadAuthenticator(context)
+    auth.start()
+    auth.configure_curve(domain="*", location=curve.authorized_keys_dir)
+    return auth
+
+
+_KINDS = {"pub": "PUB", "xpub": "XPUB", "sub": "SUB", "push": "PUSH", "pull": "PULL"}
+
+
+class ZmqSocket:
+    """A ZeroMQ socket made by ``open_socket``: the socket (``.sock``), its bound or connected
+    ``endpoint``, and what must stop with it (a CURVE authenticator). Forwards the calls the
+    transport uses; ``close`` closes both."""
+
+    def __init__(self, sock: Any, endpoint: str, auth: Any = None) -> None:
+        import zmq
+
+        self.sock = sock
+        self.endpoint = endpoint
+        self._auth = auth
+        self._again = zmq.Again
+
+    def send_multipart(self, parts: Sequence[Any], flags: int = 0, copy: bool = True) -> Any:
+        try:
+            return self.sock.send_multipart(parts, flags, copy=copy)
+        except self._again:
+            raise WouldBlock() from None
+
+    def recv_multipart(self, flags: int = 0, copy: bool = True) -> list[Any]:
+        try:
+            return self.sock.recv_multipart(flags, copy=copy)
+        except self._again:
+            raise WouldBlock() from None
+
+    def recv(self, flags: int = 0) -> Any:
+        try:
+            return self.sock.recv(flags)
+        except self._again:
+            raise WouldBlock() from None
+
+    def poll(self, timeout: int | None = None, flags: int = POLLIN) -> int:
+        return int(self.sock.poll(timeout, flags))
+
+    def close(self, linger: int | None = None) -> None:
+        self.sock.close(linger=linger)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+
+def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool = False,
+                options: Mapping[str, Any] | None = None, curve: Curve | None = None, context: Any = None,
+                what: str = "") -> ZmqSocket:
+    """Create, configure and bind or connect one ZeroMQ socket: the one place that does it.
+
+    Parameters
+    ----------
+    kind : {"pub", "xpub", "sub", "push", "pull"}
+    address : str
+        ``tcp://host:port`` (``tcp://127.0.0.1:*`` binds a free port: read ``.endpoint``),
+        ``ipc://path`` or ``inproc://name``.
+    bind : bool
+        Bind (the peer connects) or connect.
+    allow_non_loopback : bool
+        The address policy: refuse a non-loopback address unless this is true.
+    options : mapping of zmq option name -> value, optional
+        E.g. ``{"SNDHWM": 1000, "LINGER": 0, "SUBSCRIBE": b""}`` (names of ``zmq`` constants).
+    curve : Curve, optional
+    context : zmq.Context, optional
+        Default: the process-wide ``zmq.Context.instance()``.
+    what : str
+        Named in errors (e.g. ``"[input]"``).
+
+    Raises
+    ------
+    ConfigError
+        Bad or refused address, bad key file, or the bind/connect failed (port in use...).
+    """
     import zmq
 
-    if bind:
-        check_bind_address(address, allow_remote=allow_remote)
+    check_address(address, allow_non_loopback=allow_non_loopback, what=what or kind)
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown socket kind {kind!r}; known: {sorted(_KINDS)}")
     ctx = context or zmq.Context.instance()
-    sock = ctx.socket(kind)
+    sock = ctx.socket(getattr(zmq, _KINDS[kind]))
+    auth = None
     try:
-        for opt, value in options.items():
-            sock.setsockopt(opt, value)
+        for name, value in (options or {}).items():
+            sock.setsockopt(getattr(zmq, name), value)
+        if curve is not None:
+            auth = _apply_curve(sock, curve, ctx)
         if bind:
             sock.bind(address)
             endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -114,8 +253,14 @@ def _zmq_socket(kind: int, address: str, *, bind: bool, allow_remote: bool, opti
             endpoint = address
     except zmq.ZMQError as exc:
         sock.close(linger=0)
-        raise ConfigError(f"cannot {'bind' if bind else 'connect'} {address!r}: {exc}") from None
-    return sock, endpoint
+        if auth is not None:
+            auth.stop()
+        raise ConfigError(f"{what + ': ' if what else ''}cannot {'bind' if bind else 'connect'} "
+                          f"{address!r}: {exc}") from None
+    except (OSError, ValueError) as exc:  # unreadable key file
+        sock.close(linger=0)
+        raise ConfigError(f"{what + ': ' if what else ''}CURVE key file: {exc}") from None
+    return ZmqSocket(sock, endpoint, auth)
 
 
 def set_realtime_priority(priority: int = 10) -> str | None:
@@ -146,72 +291,95 @@ def _check_positive(name: str, value: float, hi: float = 3600.0) -> float:
 
 
 class StreamPublisher:
-    """Publishes one session in wire protocol v1 and numbers its messages.
+    """Publishes sessions in wire protocol v1 and numbers their messages.
 
     Parameters
     ----------
     socket_or_address : str or SocketLike
         An address such as ``"tcp://127.0.0.1:5555"`` (``"tcp://127.0.0.1:*"`` picks a
         free port; see ``address``), or an existing socket, which the caller keeps owning.
-    info : SessionInfo
+    info : SessionInfo or None
         The session announced by ``start`` and re-sent every ``resend_info_every_s``.
+        None: no session yet (``begin`` starts one); until then messages carry
+        ``idle_session_id`` and no ``session_start`` is sent.
     bind : bool
         Bind (the usual case for a source) or connect.
     resend_info_every_s, heartbeat_every_s : float
         Period of the ``session_start`` re-send, and the idle time after which
         ``heartbeat_if_idle`` sends a heartbeat (seconds, on ``clock_ns``).
-    allow_remote : bool
-        Allow binding a non-loopback address.
+    allow_non_loopback : bool
+        Allow a non-loopback address (``allow_remote`` is its old name).
     sndhwm, linger_ms : int
         ZeroMQ send high-water mark (messages) and linger on close (ms).
+    nonblocking : bool
+        Never wait on a slow subscriber: a message a subscriber's queue (``sndhwm``) cannot
+        take is dropped and counted in ``dropped`` (its sequence number is used, so the
+        subscriber sees the gap). Default False: a PUB socket drops silently instead.
     clock_ns : callable
         The source clock (ns) used for ``t_ns`` of non-frame messages and for the timers.
     info_ext : mapping, optional
         ``"x-"`` extension fields added to every ``session_start`` header.
     max_bytes : int
         Size limit per message; larger messages are refused before sending.
+    idle_session_id : str
+        The session id of messages sent while there is no session.
+    curve : Curve, optional
+        CURVE security (usually ``Curve(client_secret, server=False, server_public_key_file=...)``).
     context : zmq.Context, optional
+
+    The publisher is thread-safe (one lock around numbering and sending).
     """
 
     def __init__(
         self,
         socket_or_address: str | SocketLike,
-        info: SessionInfo,
+        info: SessionInfo | None,
         *,
         bind: bool = True,
         resend_info_every_s: float = 1.0,
         heartbeat_every_s: float = 1.0,
-        allow_remote: bool = False,
+        allow_non_loopback: bool = False,
+        allow_remote: bool | None = None,
         sndhwm: int = DEFAULT_SNDHWM,
         linger_ms: int = DEFAULT_LINGER_MS,
+        nonblocking: bool = False,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         info_ext: Mapping[str, Any] | None = None,
         max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
+        idle_session_id: str = "rt-decoder",
+        curve: Curve | None = None,
         context: Any = None,
+        what: str = "",
     ) -> None:
         self.info = info
+        self.idle_session_id = idle_session_id
         self.resend_info_every_ns = int(_check_positive("resend_info_every_s", resend_info_every_s) * 1e9)
         self.heartbeat_every_ns = int(_check_positive("heartbeat_every_s", heartbeat_every_s) * 1e9)
         self.max_bytes = int(max_bytes)
         self._clock = clock_ns
         self._info_ext = dict(info_ext or {})
         self._linger_ms = int(linger_ms)
+        self._flags = NOBLOCK if nonblocking else 0
+        self._lock = threading.RLock()
         if isinstance(socket_or_address, str):
-            import zmq
-
-            opts = {zmq.SNDHWM: int(sndhwm), zmq.LINGER: int(linger_ms), zmq.XPUB_VERBOSE: 1}
-            self._socket, self.address = _zmq_socket(zmq.XPUB, socket_or_address, bind=bind,
-                                                     allow_remote=allow_remote, options=opts, context=context)
+            opts: dict[str, Any] = {"SNDHWM": int(sndhwm), "LINGER": int(linger_ms), "XPUB_VERBOSE": 1}
+            if nonblocking:
+                opts["XPUB_NODROP"] = 1  # a full subscriber queue makes a non-blocking send fail: counted
+            sock = open_socket("xpub", socket_or_address, bind=bind, options=opts, context=context, curve=curve,
+                               allow_non_loopback=allow_non_loopback or bool(allow_remote), what=what)
+            self._socket, self.address = sock, sock.endpoint
             self._owns_socket = True
         else:
             self._socket, self.address, self._owns_socket = socket_or_address, "", False
         self._seq = 0
         self._started = False
+        self._ended = False
         self._closed = False
         self._last_send_ns = 0
         self._last_info_ns = 0
         self.messages_sent = 0
         self.bytes_sent = 0
+        self.dropped = 0
         self.subscriptions_seen = 0
 
     # -- state
@@ -222,35 +390,52 @@ class StreamPublisher:
 
     @property
     def session_id(self) -> str:
-        return self.info.session_id
+        return self.info.session_id if self.info is not None else self.idle_session_id
 
     # -- sending
     def _send(self, parts: list[Any]) -> int:
+        """Send (caller holds the lock); returns the message's seq (also when dropped)."""
         if self._closed:
             raise ProtocolError("publisher is closed")
         nbytes = sum(memoryview(p).nbytes for p in parts)
         if nbytes > self.max_bytes:
             raise MessageTooLargeError(f"message of {nbytes} bytes exceeds the limit of {self.max_bytes}")
-        self._socket.send_multipart(parts, copy=True)
         seq = self._seq
         self._seq += 1
+        self._last_send_ns = self._clock()
+        try:
+            self._socket.send_multipart(parts, self._flags, copy=True)
+        except WouldBlock:
+            self.dropped += 1
+            return seq
         self.messages_sent += 1
         self.bytes_sent += nbytes
-        self._last_send_ns = self._clock()
         return seq
 
     def _send_info(self) -> int:
+        assert self.info is not None
         now = self._clock()
         seq = self._send(P.encode_session_start(self.info, seq=self._seq, t_ns=now, ext=self._info_ext))
         self._last_info_ns = now
         return seq
 
     def start(self) -> int:
-        """Send the first ``session_start`` (seq 0). Returns its seq. Idempotent."""
-        if not self._started:
-            self._started = True
-            return self._send_info()
-        return 0
+        """Send the first ``session_start`` (seq 0). Returns its seq. Idempotent; nothing
+        is sent without a session."""
+        with self._lock:
+            if not self._started and self.info is not None:
+                self._started = True
+                return self._send_info()
+            return 0
+
+    def begin(self, info: SessionInfo) -> int:
+        """Start a new session ``info``: numbering restarts at 0 with its ``session_start``."""
+        with self._lock:
+            self.info = info
+            self._seq = 0
+            self._started = False
+            self._ended = False
+            return self.start()
 
     def _ensure_started(self) -> None:
         if not self._started:
@@ -258,11 +443,13 @@ class StreamPublisher:
 
     def resend_info_if_due(self) -> bool:
         """Re-send ``session_start`` if ``resend_info_every_s`` has passed since the last one."""
-        self._ensure_started()
-        if self._clock() - self._last_info_ns >= self.resend_info_every_ns:
-            self._send_info()
-            return True
-        return False
+        with self._lock:
+            self._ensure_started()
+            if (self.info is not None and not self._ended
+                    and self._clock() - self._last_info_ns >= self.resend_info_every_ns):
+                self._send_info()
+                return True
+            return False
 
     def send_frame(self, values: np.ndarray, frame_index: int, acq_ns: int, behaviour: np.ndarray | None = None,
                    *, stamps: Stamps = (), ext: Mapping[str, Any] | None = None) -> int:
@@ -283,95 +470,127 @@ class StreamPublisher:
 
         The frame goes out first; a due ``session_start`` re-send follows it.
         """
-        self._ensure_started()
-        frame = FluorescenceFrame(self._seq, int(frame_index), int(acq_ns), stamps=stamps,
-                                  values=np.asarray(values, dtype=np.float32), behaviour=behaviour)
-        seq = self._send(P.encode_frame(frame, self.session_id, ext=ext))
-        self.resend_info_if_due()
-        return seq
+        with self._lock:
+            self._ensure_started()
+            frame = FluorescenceFrame(self._seq, int(frame_index), int(acq_ns), stamps=stamps,
+                                      values=np.asarray(values, dtype=np.float32), behaviour=behaviour)
+            seq = self._send(P.encode_frame(frame, self.session_id, ext=ext))
+            self.resend_info_if_due()
+            return seq
 
     def send_activity(self, values: np.ndarray, frame_index: int, acq_ns: int,
                       behaviour: np.ndarray | None = None, *, stamps: Stamps = (),
                       ext: Mapping[str, Any] | None = None) -> int:
         """Send one activity (deconvolved) frame, like ``send_frame``; returns its seq."""
-        self._ensure_started()
-        frame = ActivityFrame(self._seq, int(frame_index), int(acq_ns), stamps=stamps,
-                              values=np.asarray(values, dtype=np.float32), behaviour=behaviour)
-        seq = self._send(P.encode_activity(frame, self.session_id, ext=ext))
-        self.resend_info_if_due()
-        return seq
+        with self._lock:
+            self._ensure_started()
+            frame = ActivityFrame(self._seq, int(frame_index), int(acq_ns), stamps=stamps,
+                                  values=np.asarray(values, dtype=np.float32), behaviour=behaviour)
+            seq = self._send(P.encode_activity(frame, self.session_id, ext=ext))
+            self.resend_info_if_due()
+            return seq
 
     def send_decoded(self, image: np.ndarray, frame_index: int, acq_ns: int, stamps: Stamps = (),
                      *, ext: Mapping[str, Any] | None = None) -> int:
         """Send one decoded image (H, W) float32 with its stage stamps; returns its seq."""
-        self._ensure_started()
-        frame = DecodedFrame(self._seq, int(frame_index), int(acq_ns), stamps=stamps,
-                             image=np.asarray(image, dtype=np.float32))
-        return self._send(P.encode_decoded(frame, self.session_id, ext=ext))
+        with self._lock:
+            self._ensure_started()
+            frame = DecodedFrame(self._seq, int(frame_index), int(acq_ns), stamps=stamps,
+                                 image=np.asarray(image, dtype=np.float32))
+            return self._send(P.encode_decoded(frame, self.session_id, ext=ext))
+
+    def send(self, frame: ActivityFrame | DecodedFrame) -> ActivityFrame | DecodedFrame:
+        """Send an activity or decoded frame as it is, numbered by this stream and stamped
+        ``tx`` just before sending; returns the frame as sent."""
+        with self._lock:
+            self._ensure_started()
+            out = dataclasses.replace(frame, seq=self._seq, stamps=frame.stamps + (("tx", time.monotonic_ns()),))
+            if isinstance(out, DecodedFrame):
+                parts = P.encode_decoded(out, self.session_id)
+            else:
+                parts = P.encode_activity(out, self.session_id)
+            self._send(parts)
+            return out
+
+    def skip(self, n: int = 1) -> None:
+        """Use up ``n`` sequence numbers without sending (a simulated loss: subscribers see
+        the gap as they would a lost message)."""
+        with self._lock:
+            self._ensure_started()
+            self._seq += int(n)
 
     def send_stimulus(self, image: np.ndarray, frame_index: int, t_ns: int) -> int:
         """Send the ground-truth stimulus frame (H, W) shown at ``frame_index``; returns its seq."""
-        self._ensure_started()
-        return self._send(P.encode_stimulus(self.session_id, seq=self._seq, t_ns=int(t_ns),
-                                            frame_index=int(frame_index), image=image))
+        with self._lock:
+            self._ensure_started()
+            return self._send(P.encode_stimulus(self.session_id, seq=self._seq, t_ns=int(t_ns),
+                                                frame_index=int(frame_index), image=image))
 
-    def send_status(self, state: str, metrics: Mapping[str, Any]) -> int:
+    def send_status(self, state: str, metrics: Mapping[str, Any], *, session_id: str | None = None) -> int:
         """Send a status message (lifecycle state + metrics); returns its seq."""
-        self._ensure_started()
-        return self._send(P.encode_status(self.session_id, seq=self._seq, t_ns=self._clock(), state=state,
-                                          metrics=metrics))
+        with self._lock:
+            self._ensure_started()
+            return self._send(P.encode_status(session_id or self.session_id, seq=self._seq, t_ns=self._clock(),
+                                              state=state, metrics=metrics))
 
     def heartbeat_if_idle(self) -> bool:
         """Call often while idle: re-sends due session info, and sends a heartbeat when
         nothing was sent for ``heartbeat_every_s``. Returns whether anything was sent."""
-        self._ensure_started()
-        self.poll_subscriptions()
-        sent = self.resend_info_if_due()
-        if self._clock() - self._last_send_ns >= self.heartbeat_every_ns:
-            self._send(P.encode_heartbeat(self.session_id, seq=self._seq, t_ns=self._clock()))
-            sent = True
-        return sent
+        with self._lock:
+            self._ensure_started()
+            self.poll_subscriptions()
+            sent = self.resend_info_if_due()
+            if self._clock() - self._last_send_ns >= self.heartbeat_every_ns:
+                self._send(P.encode_heartbeat(self.session_id, seq=self._seq, t_ns=self._clock()))
+                sent = True
+            return sent
 
     def end(self, n_frames: int) -> int:
-        """Send ``session_end`` after ``n_frames`` frames; returns its seq."""
-        self._ensure_started()
-        return self._send(P.encode_session_end(self.session_id, seq=self._seq, t_ns=self._clock(),
-                                               n_frames=int(n_frames)))
+        """Send ``session_end`` after ``n_frames`` frames; returns its seq. Once per session
+        (a repeat, or a call without a session, sends nothing and returns -1)."""
+        with self._lock:
+            self._ensure_started()
+            if self._ended or self.info is None:
+                return -1
+            self._ended = True
+            return self._send(P.encode_session_end(self.session_id, seq=self._seq, t_ns=self._clock(),
+                                                   n_frames=int(n_frames)))
 
     # -- subscribers (XPUB)
     def poll_subscriptions(self) -> int:
         """Read pending subscription notices (XPUB); returns the total seen so far."""
         if not self._owns_socket:
             return self.subscriptions_seen
-        import zmq
-
-        while self._socket.poll(0, zmq.POLLIN):
-            msg = self._socket.recv(zmq.NOBLOCK)
-            if msg[:1] == b"\x01":
-                self.subscriptions_seen += 1
-        return self.subscriptions_seen
+        with self._lock:
+            while self._socket.poll(0, POLLIN):
+                try:
+                    msg = self._socket.recv(NOBLOCK)
+                except WouldBlock:
+                    break
+                if msg[:1] == b"\x01":
+                    self.subscriptions_seen += 1
+            return self.subscriptions_seen
 
     def wait_for_subscribers(self, n: int = 1, timeout_s: float = 10.0) -> bool:
         """Block until ``n`` subscriptions were seen (ZeroMQ drops what a PUB sends before
         a subscriber's subscription arrives). Always true for a non-zmq socket."""
         if not self._owns_socket:
             return True
-        import zmq
-
         deadline = time.monotonic() + timeout_s
         while self.poll_subscriptions() < n:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
                 return False
-            self._socket.poll(min(left_ms, 100), zmq.POLLIN)
+            self._socket.poll(min(left_ms, 100), POLLIN)
         return True
 
     def close(self) -> None:
         """Close the socket if this publisher created it (queued messages get ``linger_ms``)."""
-        if not self._closed:
-            self._closed = True
-            if self._owns_socket:
-                self._socket.close(linger=self._linger_ms)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if self._owns_socket:
+                    self._socket.close(linger=self._linger_ms)
 
     def __enter__(self) -> StreamPublisher:
         return self
@@ -473,24 +692,29 @@ class StreamSubscriber:
         *,
         bind: bool = False,
         max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
-        allow_remote: bool = False,
+        allow_non_loopback: bool = False,
+        allow_remote: bool | None = None,
         reject_nonfinite: bool = True,
         check_n_rois: bool = True,
         rcvhwm: int = DEFAULT_RCVHWM,
         linger_ms: int = 0,
         max_events: int = 1_000,
+        zmq_max_bytes: int | None = None,
+        curve: Curve | None = None,
+        on_reject: Callable[[str, str], None] | None = None,
         context: Any = None,
+        what: str = "",
     ) -> None:
         self.max_bytes = int(max_bytes)
         self.reject_nonfinite = reject_nonfinite
         self.check_n_rois = check_n_rois
+        self.on_reject = on_reject
         if isinstance(socket_or_address, str):
-            import zmq
-
-            opts = {zmq.RCVHWM: int(rcvhwm), zmq.LINGER: int(linger_ms),
-                    zmq.MAXMSGSIZE: 4 * self.max_bytes, zmq.SUBSCRIBE: b""}
-            self._socket, self.address = _zmq_socket(zmq.SUB, socket_or_address, bind=bind,
-                                                     allow_remote=allow_remote, options=opts, context=context)
+            limit = 4 * self.max_bytes if zmq_max_bytes is None else int(zmq_max_bytes)
+            opts = {"RCVHWM": int(rcvhwm), "LINGER": int(linger_ms), "MAXMSGSIZE": limit, "SUBSCRIBE": b""}
+            sock = open_socket("sub", socket_or_address, bind=bind, options=opts, curve=curve, context=context,
+                               allow_non_loopback=allow_non_loopback or bool(allow_remote), what=what)
+            self._socket, self.address = sock, sock.endpoint
             self._owns_socket = True
         else:
             self._socket, self.address, self._owns_socket = socket_or_address, "", False
@@ -507,9 +731,11 @@ class StreamSubscriber:
         self._closed = False
 
     # -- bookkeeping
-    def _reject(self, reason: str) -> None:
+    def _reject(self, reason: str, message: str = "") -> None:
         self.counters.malformed += 1
         self.counters.malformed_by_reason[reason] = self.counters.malformed_by_reason.get(reason, 0) + 1
+        if self.on_reject is not None:
+            self.on_reject(reason, message or reason)
 
     @staticmethod
     def _remember(d: collections.OrderedDict[str, Any], key: str, value: Any, keep: int = 16) -> None:
@@ -578,21 +804,19 @@ class StreamSubscriber:
         messages are counted (``counters.malformed_by_reason``) and skipped; never raises
         on bad input.
         """
-        import zmq
-
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
         while True:
             if deadline is None:
                 wait: int | None = None
             else:
                 wait = max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
-            if not self._socket.poll(wait, zmq.POLLIN):
+            if not self._socket.poll(wait, POLLIN):
                 if deadline is None or time.monotonic() >= deadline:
                     return None
                 continue
             try:
-                parts = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+                parts = self._socket.recv_multipart(NOBLOCK, copy=False)
+            except WouldBlock:
                 continue
             recv_ns = time.monotonic_ns()
             try:
@@ -602,7 +826,7 @@ class StreamSubscriber:
             try:
                 env = P.decode(parts, max_bytes=self.max_bytes)
             except ProtocolError as exc:
-                self._reject(P.error_reason(exc))
+                self._reject(P.error_reason(exc), str(exc))
                 continue
             self._track(env)
             bad = self._check_values(env)
@@ -709,12 +933,10 @@ class InMemoryLink:
             return 1 if self._queue else 0
 
     def _get(self, block: bool) -> list[bytes]:
-        import zmq
-
         with self._cond:
             if not self._queue:
                 if not block:
-                    raise zmq.Again()
+                    raise WouldBlock()
                 self._cond.wait_for(lambda: bool(self._queue))
             return self._queue.popleft()
 

@@ -151,7 +151,7 @@ class ViewerSettings:
     display: DisplaySettings = field(default_factory=DisplaySettings)
 
     def __post_init__(self) -> None:
-        from streaming.config import check_address
+        from streaming.transport import check_address
 
         if not self.decoded:
             raise ConfigError("the viewer needs the service's output address (--decoded)")
@@ -601,21 +601,19 @@ class ViewerServer:
         """SUB sockets (connect) and their StreamSubscribers; used from the event loop only."""
         import zmq
 
-        from streaming.transport import StreamSubscriber
+        from streaming.transport import StreamSubscriber, open_socket
 
         s = self.settings
         self._ctx = zmq.Context(io_threads=1)
         for name, addr in (("output", s.decoded), ("status", s.status), ("source", s.stimulus)):
             if not addr:
                 continue
-            sock: Any = self._ctx.socket(zmq.SUB)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, 10_000)
-            sock.setsockopt(zmq.MAXMSGSIZE, 4 * P.DEFAULT_MAX_MESSAGE_BYTES)
             # the source stream: stimulus messages only (filtered by the publisher)
-            sock.setsockopt(zmq.SUBSCRIBE, stimulus_subscription() if name == "source" else b"")
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            sock.connect(addr)
+            sock = open_socket("sub", addr, bind=False, allow_non_loopback=s.allow_non_loopback, context=self._ctx,
+                               options={"LINGER": 0, "RCVHWM": 10_000, "MAXMSGSIZE": 4 * P.DEFAULT_MAX_MESSAGE_BYTES,
+                                        "RECONNECT_IVL_MAX": 1000,
+                                        "SUBSCRIBE": stimulus_subscription() if name == "source" else b""},
+                               what=f"viewer {name}")
             self._socks.append(sock)
             self._subs[name] = StreamSubscriber(sock)
 
@@ -801,7 +799,7 @@ class ViewerServer:
 
         self._open_subscribers()
         for zsock in self._socks:
-            self._loop.add_reader(zsock.getsockopt(zmq.FD), self._drain)
+            self._loop.add_reader(zsock.sock.getsockopt(zmq.FD), self._drain)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -829,7 +827,7 @@ class ViewerServer:
         finally:
             self._stop.set()
             for zsock in self._socks:
-                self._loop.remove_reader(zsock.getsockopt(zmq.FD))
+                self._loop.remove_reader(zsock.sock.getsockopt(zmq.FD))
             for page in list(self.pages):
                 await page.ws.close()
             await runner.cleanup()

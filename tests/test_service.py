@@ -26,8 +26,8 @@ from hypothesis import strategies as st
 from rt_decoder.messages import ActivityFrame, DecodedFrame, FluorescenceFrame, SessionInfo, now_ns
 from streaming import protocol as P
 from streaming.config import ServiceConfig, config_from_dict
-from streaming.service import DecoderService, ReconstructionSlot, State
 from streaming.metrics import MetricsRecorder
+from streaming.service import DecoderService, State
 
 TIMEOUT_S = 60.0
 
@@ -200,9 +200,10 @@ def test_activity_stream_passes_through_with_every_stage_stamp(tmp_path: Path, c
         assert names == ["rx", "decode", "deconv", "recon", "tx"]
         ts = [t for _, t in e.body.stamps]
         assert ts == sorted(ts) and ts[0] >= e.body.acq_ns
-    # output seq numbers are the output stream's own, without gaps
-    seqs = [e.seq for e in sink.envs]
-    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    # output seq numbers are the output stream's own: per session, from 0 (its session_start), no gaps
+    seqs = [e.seq for e in sink.envs if e.session_id == "s1"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert [e.seq for e in sink.envs if e.kind == P.KIND_SESSION_START][:1] == [0]
     c = run.counters
     assert c["frames_received"] == c["frames_published"] == 20
     assert c["messages_lost"] == 0 and c["frames_missing"] == 0
@@ -393,6 +394,15 @@ class SlowStage:
     def reset(self, info: SessionInfo) -> None:
         self.resets += 1
 
+    def warmup(self) -> None:
+        pass
+
+    def flush(self) -> list[DecodedFrame]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {"slow_calls": len(self.seen)}
+
     def __call__(self, frame: ActivityFrame, recent: np.ndarray) -> list[DecodedFrame]:
         time.sleep(self.delay_s)
         self.seen.append(frame.frame_index)
@@ -400,32 +410,6 @@ class SlowStage:
         np.testing.assert_array_equal(recent[-1], frame.values)
         return [DecodedFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps,
                              image=np.full((36, 64), frame.frame_index, np.float32))]
-
-
-def test_slot_skips_to_the_newest_frame_and_counts_skips() -> None:
-    out: list[Any] = []
-    metrics = MetricsRecorder(100)
-    stage = SlowStage(0.02)
-    slot = ReconstructionSlot(stage, out.append, metrics)
-    for i in range(40):
-        v = np.full(3, i, np.float32)
-        slot.submit(ActivityFrame(i, i, 0, stamps=(("deconv", 1),), values=v), v[None, :].copy())
-        time.sleep(0.001)
-    assert slot.drain(10.0)
-    slot.close()
-    assert stage.seen[-1] == 39  # the newest frame is always reconstructed
-    assert stage.seen == sorted(stage.seen)
-    assert slot.skipped == 40 - len(stage.seen) == metrics.counters["skipped_frames"] > 0
-    assert [f.frame_index for f in out] == stage.seen
-    assert all([n for n, _ in f.stamps] == ["deconv", "recon"] for f in out)
-
-
-def test_slot_passthrough_never_skips() -> None:
-    out: list[Any] = []
-    slot = ReconstructionSlot(None, out.append, MetricsRecorder(10))
-    for i in range(5):
-        slot.submit(ActivityFrame(i, i, 0, values=np.zeros(2, np.float32)), None)
-    assert [f.frame_index for f in out] == list(range(5)) and slot.skipped == 0
 
 
 def test_service_with_slow_stage_publishes_decoded_frames_and_counts_skips(tmp_path: Path,
@@ -441,7 +425,7 @@ def test_service_with_slow_stage_publishes_decoded_frames_and_counts_skips(tmp_p
             src.frame(i)
             time.sleep(0.002)
         wait_for(lambda: run.counters["frames_processed"] == 60, what="60 frames processed")
-        wait_for(lambda: run.svc.slot.drain(0.1), what="slot drained")
+        wait_for(lambda: run.svc.runner.handoff.wait_idle(0.1), what="reconstruction idle")
         sink.wait_frames(len(stage.seen), P.KIND_DECODED)
     finally:
         src.close()
@@ -533,7 +517,12 @@ def test_status_channel_heartbeats_and_prometheus(tmp_path: Path, ctx: zmq.Conte
 def test_curve_authentication(tmp_path: Path, ctx: zmq.Context, curve: bool) -> None:
     import zmq.auth
 
-    from streaming.service import apply_curve_client
+    from streaming.transport import Curve, open_socket
+
+    def curve_pub(secret: str) -> Any:
+        sock = open_socket("pub", cfg.input.address, bind=False, context=ctx, options={"LINGER": 0},
+                           curve=Curve(secret, server=False, server_public_key_file=server_pub))
+        return sock
 
     server_pub, server_sec = zmq.auth.create_certificates(str(tmp_path), "server")
     client_pub, client_sec = zmq.auth.create_certificates(str(tmp_path), "client")
@@ -546,11 +535,12 @@ def test_curve_authentication(tmp_path: Path, ctx: zmq.Context, curve: bool) -> 
     sink = Sink(ctx, cfg.output.address)
     try:
         # an authorised client (CURVE) or a plain one (no CURVE) gets through
-        good = ctx.socket(zmq.PUB)
-        good.linger = 0
         if curve:
-            apply_curve_client(good, client_sec, server_pub)
-        good.connect(cfg.input.address)
+            good = curve_pub(client_sec)
+        else:
+            good = ctx.socket(zmq.PUB)
+            good.linger = 0
+            good.connect(cfg.input.address)
         src = Source.__new__(Source)
         src.sock, src.info, src.seq = good, activity_info("c", 4), 0
         src.handshake(run)
@@ -560,10 +550,7 @@ def test_curve_authentication(tmp_path: Path, ctx: zmq.Context, curve: bool) -> 
             # a plain client and a CURVE client with an unknown key are both shut out
             plain = Source(ctx, cfg.input.address, activity_info("intruder", 4))
             rogue_pub, rogue_sec = zmq.auth.create_certificates(str(tmp_path), "rogue")
-            rogue = ctx.socket(zmq.PUB)
-            rogue.linger = 0
-            apply_curve_client(rogue, rogue_sec, server_pub)
-            rogue.connect(cfg.input.address)
+            rogue = curve_pub(rogue_sec)
             for _ in range(30):
                 plain.session()
                 rogue.send_multipart(P.encode_session_start(activity_info("rogue", 4), seq=0, t_ns=1))
@@ -680,7 +667,10 @@ def test_stops_by_itself_after_session_end_when_configured(tmp_path: Path, ctx: 
     assert data["state"] == "STOPPED"
 
 
-class BrokenStage:
+class BrokenStage(SlowStage):
+    def __init__(self) -> None:
+        super().__init__(0.0)
+
     def __call__(self, frame: ActivityFrame, recent: np.ndarray) -> list[DecodedFrame]:
         raise RuntimeError("boom")
 

@@ -302,6 +302,18 @@ class _EchoStage:
     def __init__(self, true: np.ndarray) -> None:
         self.true = true
 
+    def reset(self, info: Any) -> None:
+        pass
+
+    def warmup(self) -> None:
+        pass
+
+    def flush(self) -> list[DecodedFrame]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
     def __call__(self, frame: ActivityFrame, recent_activity: np.ndarray) -> list[DecodedFrame]:
         return [DecodedFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps,
                              image=self.true[frame.frame_index])]

@@ -1,0 +1,849 @@
+"""The live path as a chain of small stages, and the runner that drives it.
+
+No sockets here: the application (``streaming.service``) builds a source and sinks from the
+transport, builds the stages, and hands them to ``Runner``. Tests hand it in-memory ones.
+
+The chain, in order::
+
+    source --[receiver thread]--> intake queue (bounded, never blocks: overflow counted)
+      --[frame thread]--> IntakeStage      messages counted, frames stamped rx/decode
+                      --> SessionStage     session start/end, sequence and frame-index gaps,
+                                           ROI-count check
+                      --> RecordTap        received frames and stimuli to the recording
+                      --> DeconvStage      fluorescence -> activity (+ the recent window)
+      --[latest-frame handoff: a newer frame replaces one still waiting, counted as skipped]-->
+      --[reconstruction thread]--> ReconstructionStage  activity window -> decoded frames
+                      --> OutputStage      publish (stamp tx), latency metrics
+                      --> RecordTap        decoded frames to the recording
+
+Without a reconstruction stage, the output and decoded-record stages run on the frame
+thread and activity frames are published.
+
+What flows is one of the item types below. The runner calls, for every stage:
+``reset(info)`` when a ``SessionStarted`` reaches it (then passes the item on),
+``flush()`` when a ``SessionEnded`` reaches it (its outputs go on before the item),
+``__call__(item)`` for everything else, ``warmup(info)`` once before READY, and
+``stats()`` for the status channel.
+
+Counting goes through a ``Counters`` object (``streaming.metrics.MetricsRecorder`` is one).
+This module imports numpy and the core only: never zmq, streaming or bindings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from rt_decoder.errors import StageError
+from rt_decoder.messages import ActivityFrame, DecodedFrame, FluorescenceFrame, SessionInfo, now_ns
+
+# message kinds a source delivers (the wire protocol's names, streaming.protocol.KIND_*)
+KIND_SESSION_START = "session_start"
+KIND_SESSION_END = "session_end"
+KIND_FRAME = "frame"
+KIND_ACTIVITY = "activity"
+KIND_HEARTBEAT = "heartbeat"
+KIND_STIMULUS = "stimulus"
+
+
+# ------------------------------------------------------------------------------ items
+
+
+class Message(Protocol):
+    """A validated inbound message (``streaming.protocol.Envelope`` is one)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def body(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One message off the source, with the times it was received and validated (monotonic ns)."""
+
+    message: Message
+    rx_ns: int
+    decode_ns: int
+
+
+@dataclass(frozen=True)
+class SessionStarted:
+    """A new session begins (every stage downstream gets ``reset(info)``)."""
+
+    info: SessionInfo
+
+
+@dataclass(frozen=True)
+class SessionEnded:
+    """The source ended its session after ``n_frames`` frames (stages get ``flush()``)."""
+
+    session_id: str
+    n_frames: int
+
+
+@dataclass(frozen=True)
+class FrameGap:
+    """``n_missing`` frames never arrived before the next one; ``restart``: too many to bridge."""
+
+    n_missing: int
+    restart: bool
+    frame_index: int
+
+
+@dataclass(frozen=True)
+class Stimulus:
+    """The true stimulus shown at ``frame_index`` (for recordings; decoders ignore it)."""
+
+    frame_index: int
+    image: np.ndarray
+
+
+@dataclass(frozen=True)
+class ActivityWindow:
+    """An activity frame plus the freshest estimates of the last W frames, (W, N) float32,
+    oldest first, the newest row belonging to ``frame`` (what the reconstruction reads)."""
+
+    frame: ActivityFrame
+    recent: np.ndarray | None
+
+
+Item = (Inbound | SessionStarted | SessionEnded | FrameGap | Stimulus | FluorescenceFrame | ActivityFrame
+        | ActivityWindow | DecodedFrame)
+
+
+class Counters(Protocol):
+    """Where stages count (``streaming.metrics.MetricsRecorder`` implements it)."""
+
+    notes: dict[str, str]
+    session_id: str
+
+    def count(self, name: str, n: int = 1) -> None: ...
+
+    def count_malformed(self, reason: str) -> None: ...
+
+    def record_frame(self, stamps: tuple[tuple[str, int], ...], acq_ns: int) -> None: ...
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """One step of the chain. Every method is required (a stage with nothing to do passes)."""
+
+    name: str
+
+    def reset(self, info: SessionInfo) -> None: ...
+
+    def warmup(self, info: SessionInfo) -> None: ...
+
+    def __call__(self, item: Item) -> list[Item]: ...
+
+    def flush(self) -> list[Item]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class PassStage:
+    """Base with do-nothing ``reset``/``warmup``/``flush``/``stats``; ``__call__`` passes items on."""
+
+    name = "pass"
+
+    def reset(self, info: SessionInfo) -> None:
+        return None
+
+    def warmup(self, info: SessionInfo) -> None:
+        return None
+
+    def __call__(self, item: Item) -> list[Item]:
+        return [item]
+
+    def flush(self) -> list[Item]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+
+def run_chain(stages: Sequence[Stage], items: list[Item]) -> list[Item]:
+    """Push ``items`` through ``stages`` in order with the runner's session rules; returns what
+    comes out of the last stage."""
+    for stage in stages:
+        out: list[Item] = []
+        for item in items:
+            if isinstance(item, SessionStarted):
+                stage.reset(item.info)
+                out.append(item)
+            elif isinstance(item, SessionEnded):
+                out.extend(stage.flush())
+                out.append(item)
+            else:
+                out.extend(stage(item))
+        items = out
+        if not items:
+            break
+    return items
+
+
+# ------------------------------------------------------------------------------ frame-path stages
+
+
+class IntakeStage(PassStage):
+    """Counts every message; frames get the ``rx`` and ``decode`` stamps and go on as frames,
+    other messages go on as they are."""
+
+    name = "intake"
+
+    def __init__(self, counters: Counters) -> None:
+        self.counters = counters
+
+    def __call__(self, item: Item) -> list[Item]:
+        if not isinstance(item, Inbound):
+            return [item]
+        self.counters.count("messages_received")
+        return [item]
+
+
+class SessionStage(PassStage):
+    """Sessions, sequence numbers and frame indices of the input.
+
+    A ``session_start`` with a new id, a new ROI count, or the same id with its sequence
+    restarted begins a new session (``SessionStarted``); frames of another session, or
+    before any, are counted and dropped. Sequence gaps count ``messages_lost``; a frame
+    index that goes back is dropped (``stale_frame_index``); one that jumps ahead emits a
+    ``FrameGap`` (``restart`` when the jump exceeds ``max_gap_frames``). Frames whose length
+    is not the session's ROI count are dropped (``wrong_n_rois``).
+
+    Parameters
+    ----------
+    counters : Counters
+    max_gap_frames : int
+        Larger frame-index jumps restart the deconvolution instead of being bridged.
+    on_session_end : callable(session_id, n_frames) -> None, optional
+        Called after a ``session_end`` (the service may stop on it).
+    """
+
+    name = "session"
+
+    def __init__(self, counters: Counters, *, max_gap_frames: int,
+                 on_session_end: Callable[[str, int], None] | None = None) -> None:
+        self.counters = counters
+        self.max_gap_frames = int(max_gap_frames)
+        self.on_session_end = on_session_end
+        self.info: SessionInfo | None = None
+        self._last_seq: int | None = None
+        self._last_frame_index: int | None = None
+        self.frames_in_session = 0
+
+    def _track_seq(self, seq: int) -> None:
+        m = self.counters
+        if self._last_seq is not None:
+            expected = self._last_seq + 1
+            if seq > expected:
+                m.count("messages_lost", seq - expected)
+                m.count("gap_events")
+            elif seq < expected:
+                m.count_malformed("seq_regress")
+        self._last_seq = max(seq, self._last_seq if self._last_seq is not None else -1)
+
+    def __call__(self, item: Item) -> list[Item]:
+        if not isinstance(item, Inbound):
+            return [item]
+        msg, m = item.message, self.counters
+        kind = msg.kind
+        if kind == KIND_SESSION_START:
+            info = msg.body
+            assert isinstance(info, SessionInfo)
+            cur = self.info
+            restarted = (cur is not None and info.session_id == cur.session_id
+                         and self._last_seq is not None and msg.seq < self._last_seq)
+            if cur is None or restarted or info.session_id != cur.session_id or info.n_rois != cur.n_rois:
+                return self._start(info, msg.seq)
+            self._track_seq(msg.seq)
+            return []
+        if self.info is None or msg.session_id != self.info.session_id:
+            if kind in (KIND_FRAME, KIND_ACTIVITY):
+                m.count("frames_without_session")
+            return []
+        self._track_seq(msg.seq)
+        if kind == KIND_HEARTBEAT:
+            m.count("heartbeats_received")
+            return []
+        if kind == KIND_SESSION_END:
+            m.notes["last_session_end"] = f"{msg.session_id} after {self.frames_in_session} frames"
+            if self.on_session_end is not None:
+                self.on_session_end(msg.session_id, self.frames_in_session)
+            return [SessionEnded(msg.session_id, self.frames_in_session)]
+        if kind == KIND_STIMULUS:
+            return [Stimulus(int(msg.body.frame_index), msg.body.image)]
+        if kind in (KIND_FRAME, KIND_ACTIVITY):
+            return self._frame(item)
+        return []
+
+    def _start(self, info: SessionInfo, seq: int) -> list[Item]:
+        m = self.counters
+        if self.info is not None:
+            m.count("session_restarts")
+            m.notes["last_session_restart"] = (f"{self.info.session_id} -> {info.session_id} "
+                                               f"({self.info.n_rois} -> {info.n_rois} ROIs)")
+        m.count("sessions_started")
+        m.session_id = info.session_id
+        self.info = info
+        self._last_seq = seq
+        self._last_frame_index = None
+        self.frames_in_session = 0
+        m.notes["session"] = (f"{info.session_id}: {info.n_rois} ROIs at {info.frame_rate_hz:g} Hz, "
+                              f"{'activity (deconvolution bypassed)' if info.is_activity else 'fluorescence'}")
+        return [SessionStarted(info)]
+
+    def _frame(self, item: Inbound) -> list[Item]:
+        m, info = self.counters, self.info
+        assert info is not None
+        frame = item.message.body
+        if frame.values.shape[0] != info.n_rois:
+            m.count_malformed("wrong_n_rois")
+            m.notes["last_malformed"] = (f"frame {frame.frame_index} has {frame.values.shape[0]} values, "
+                                         f"session {info.session_id} has {info.n_rois} ROIs")
+            return []
+        out: list[Item] = []
+        fi = int(frame.frame_index)
+        if self._last_frame_index is not None:
+            missing = fi - self._last_frame_index - 1
+            if missing < 0:
+                m.count_malformed("stale_frame_index")
+                return []
+            if missing > 0:
+                m.count("frames_missing", missing)
+                out.append(FrameGap(missing, missing > self.max_gap_frames, fi))
+        self._last_frame_index = fi
+        self.frames_in_session += 1
+        m.count("frames_received")
+        out.append(dataclasses.replace(frame, stamps=frame.stamps + (("rx", item.rx_ns), ("decode", item.decode_ns))))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {"frames_in_session": self.frames_in_session}
+
+
+class Recording(Protocol):
+    """The recording a ``RecordTap`` writes to (``streaming.recorder.SessionRecorder``)."""
+
+    def start_session(self, info: SessionInfo) -> None: ...
+
+    def end_session(self) -> None: ...
+
+    def submit_frame(self, frame: FluorescenceFrame | ActivityFrame) -> None: ...
+
+    def submit_stimulus(self, frame_index: int, image: Any) -> None: ...
+
+    def submit_decoded(self, frame: DecodedFrame) -> None: ...
+
+
+class RecordTap(PassStage):
+    """Hands what passes to the recording (never blocks) and passes everything on.
+
+    ``what="input"`` (on the frame path) opens the session file at a session start and
+    records received frames and stimuli; ``what="decoded"`` (after the output) records
+    decoded frames and closes the file at the session end, after the reconstruction's
+    last frames.
+    """
+
+    def __init__(self, recording: Recording, what: str) -> None:
+        if what not in ("input", "decoded"):
+            raise ValueError(f"what must be input or decoded, got {what!r}")
+        self.recording = recording
+        self.what = what
+        self.name = f"record_{what}"
+
+    def reset(self, info: SessionInfo) -> None:
+        if self.what == "input":
+            self.recording.start_session(info)
+
+    def flush(self) -> list[Item]:
+        if self.what == "decoded":
+            self.recording.end_session()
+        return []
+
+    def __call__(self, item: Item) -> list[Item]:
+        if self.what == "input":
+            if isinstance(item, (FluorescenceFrame, ActivityFrame)):
+                self.recording.submit_frame(item)
+            elif isinstance(item, Stimulus):
+                self.recording.submit_stimulus(item.frame_index, item.image)
+                return []
+        elif isinstance(item, DecodedFrame):
+            self.recording.submit_decoded(item)
+        return [item]
+
+
+class DeconvStage(PassStage):
+    """Fluorescence -> activity with ``rt_decoder.deconv.OnlineDeconvolver`` (one per session).
+
+    Activity frames (``SessionInfo.is_activity`` sessions) pass with a ``deconv`` stamp.
+    With ``window_frames`` > 0 the output is an ``ActivityWindow`` (frame + the freshest
+    estimates of the last ``window_frames`` frames, for the reconstruction), else the
+    ``ActivityFrame``. During the deconvolution's initial batch (its output is all zeros)
+    no window goes on: ``frames_before_deconv_ready`` counts them.
+    """
+
+    name = "deconv"
+
+    def __init__(self, settings: Any, counters: Counters, *, window_frames: int = 0) -> None:
+        from rt_decoder.deconv import DeconvSettings
+
+        if not isinstance(settings, DeconvSettings):
+            raise TypeError(f"settings must be DeconvSettings, got {type(settings).__name__}")
+        if window_frames > settings.history_frames:
+            from rt_decoder.errors import ConfigError
+
+            raise ConfigError(f"[pipeline] recent_window_frames = {window_frames} exceeds "
+                              f"[deconv] history_frames = {settings.history_frames}")
+        self.settings = settings
+        self.counters = counters
+        self.window_frames = int(window_frames)
+        self.deconv: Any = None
+        self._recent: np.ndarray | None = None
+
+    def reset(self, info: SessionInfo) -> None:
+        from rt_decoder.deconv import OnlineDeconvolver
+
+        self.deconv = None if info.is_activity else OnlineDeconvolver(self.settings, info.n_rois,
+                                                                       info.frame_rate_hz)
+        self._recent = (np.zeros((self.window_frames, info.n_rois), np.float32)
+                        if (self.window_frames and info.is_activity) else None)
+
+    def warmup(self, info: SessionInfo) -> None:
+        """Compile the kernels and run the parameter estimation on a dummy session."""
+        from rt_decoder.deconv import OnlineDeconvolver
+
+        rng = np.random.default_rng(0)
+        dec = OnlineDeconvolver(self.settings, info.n_rois, info.frame_rate_hz)
+        n_frames = self.settings.init_frames + 3
+        for i in range(n_frames):
+            values = (100.0 + 10.0 * rng.standard_normal(info.n_rois)).astype(np.float32)
+            dec(FluorescenceFrame(i, i, now_ns(), values=values))
+            if i == n_frames - 2:
+                dec.push_gap(1)
+        if self.window_frames:
+            dec.recent(self.window_frames)
+        self.counters.notes["warmup"] = f"deconvolution run on {info.n_rois} dummy ROIs for {n_frames} frames"
+
+    def _gap(self, gap: FrameGap) -> None:
+        if self.deconv is not None:
+            if gap.restart:
+                self.counters.count("deconv_resets")
+                self.counters.notes["last_deconv_reset"] = (f"frame index jumped by {gap.n_missing + 1} "
+                                                            f"at frame {gap.frame_index}")
+                self.deconv.reset()
+            else:
+                self.deconv.push_gap(int(gap.n_missing))
+        if self._recent is not None:
+            k = min(gap.n_missing, len(self._recent))
+            self._recent = np.roll(self._recent, -k, axis=0)
+            self._recent[-k:] = 0.0
+
+    def __call__(self, item: Item) -> list[Item]:
+        if isinstance(item, FrameGap):
+            self._gap(item)
+            return []
+        if not isinstance(item, (FluorescenceFrame, ActivityFrame)):
+            return [item]
+        m = self.counters
+        frame = item
+        if self.deconv is None or isinstance(frame, ActivityFrame):
+            act = ActivityFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps, values=frame.values,
+                                behaviour=frame.behaviour).with_stamp("deconv")
+        else:
+            if not frame.values.flags.writeable:
+                # a zero-copy view of the received message; the numba kernels want a writable array
+                frame = dataclasses.replace(frame, values=frame.values.copy())
+            try:
+                out = self.deconv(frame)
+            except StageError as exc:
+                m.count("stage_errors")
+                m.notes["last_stage_error"] = str(exc)[:200]
+                return []
+            t = now_ns()
+            act = ActivityFrame(frame.seq, out.frame_index, frame.acq_ns, stamps=frame.stamps + (("deconv", t),),
+                                values=out.values, behaviour=frame.behaviour)
+        m.count("frames_processed")
+        if not self.window_frames:
+            return [act]
+        if self.deconv is not None and not self.deconv.ready:
+            # the initial batch: all zeros, nothing to decode (it would drag the warm start off course)
+            m.count("frames_before_deconv_ready")
+            return []
+        if self.deconv is not None:
+            recent = np.asarray(self.deconv.recent(self.window_frames), np.float32)  # a fresh copy
+        else:
+            assert self._recent is not None
+            self._recent = np.roll(self._recent, -1, axis=0)
+            self._recent[-1] = act.values
+            recent = self._recent.copy()
+        return [ActivityWindow(act, recent)]
+
+    def stats(self) -> dict[str, Any]:
+        d = self.deconv
+        return {} if d is None else {"deconv_ready": bool(d.ready), "deconv_frames_seen": int(d.frames_seen)}
+
+
+# ------------------------------------------------------------------------------ reconstruction
+
+
+class Reconstructor(Protocol):
+    """What ``ReconstructionStage`` drives (``rt_decoder.recon.stage.LiveStage``)."""
+
+    def reset(self, info: SessionInfo) -> None: ...
+
+    def warmup(self) -> None: ...
+
+    def __call__(self, frame: ActivityFrame, recent_activity: np.ndarray | None) -> list[DecodedFrame]: ...
+
+    def flush(self) -> list[DecodedFrame]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+
+class ReconstructionStage(PassStage):
+    """Activity window -> decoded frames through a ``Reconstructor``; stamps ``recon``.
+
+    A ``StageError`` (e.g. a session sharing no ROI with the model) is counted in
+    ``stage_errors`` and the frame yields nothing; anything else propagates (fatal).
+    """
+
+    name = "reconstruction"
+
+    def __init__(self, reconstructor: Reconstructor, counters: Counters) -> None:
+        self.reconstructor = reconstructor
+        self.counters = counters
+        self.processed = 0
+
+    def reset(self, info: SessionInfo) -> None:
+        self.reconstructor.reset(info)
+
+    def warmup(self, info: SessionInfo) -> None:
+        self.reconstructor.warmup()
+
+    def _stamped(self, outputs: Sequence[DecodedFrame], stamps: tuple[tuple[str, int], ...]) -> list[Item]:
+        t = now_ns()
+        return [(o if o.stamps else dataclasses.replace(o, stamps=stamps)).with_stamp("recon", t) for o in outputs]
+
+    def __call__(self, item: Item) -> list[Item]:
+        if not isinstance(item, ActivityWindow):
+            return [item]
+        try:
+            outputs = self.reconstructor(item.frame, item.recent)
+        except StageError as exc:
+            self.counters.count("stage_errors")
+            self.counters.notes["last_stage_error"] = str(exc)[:200]
+            return []
+        self.processed += 1
+        return self._stamped(outputs, item.frame.stamps)
+
+    def flush(self) -> list[Item]:
+        try:
+            outputs = self.reconstructor.flush()
+        except StageError as exc:
+            self.counters.count("stage_errors")
+            self.counters.notes["last_stage_error"] = str(exc)[:200]
+            return []
+        return self._stamped(outputs, ())
+
+    def stats(self) -> dict[str, Any]:
+        return self.reconstructor.stats()
+
+
+class ActivityPassThrough(PassStage):
+    """Stands in for the reconstruction when there is none: activity frames go on to the
+    output as they are, with a ``recon`` stamp (so every output frame has every stamp)."""
+
+    name = "reconstruction"
+
+    def __call__(self, item: Item) -> list[Item]:
+        if isinstance(item, ActivityFrame):
+            return [item.with_stamp("recon")]
+        return [item]
+
+
+# ------------------------------------------------------------------------------ output
+
+
+class FrameOutput(Protocol):
+    """Where output frames go (``streaming.transport.OutputStream``)."""
+
+    def begin(self, info: SessionInfo) -> None: ...
+
+    def end(self, n_frames: int) -> None: ...
+
+    def send(self, frame: ActivityFrame | DecodedFrame) -> ActivityFrame | DecodedFrame: ...
+
+
+class OutputStage(PassStage):
+    """Publishes frames (the output stamps ``tx``) and records their stage latencies; the
+    output session follows the input's (as activity, ``source="rt-decoder serve"``)."""
+
+    name = "output"
+
+    def __init__(self, output: FrameOutput, counters: Counters) -> None:
+        self.output = output
+        self.counters = counters
+        self._n = 0
+
+    def reset(self, info: SessionInfo) -> None:
+        self._n = 0
+        self.output.begin(dataclasses.replace(info, is_activity=True, source="rt-decoder serve"))
+
+    def __call__(self, item: Item) -> list[Item]:
+        if not isinstance(item, (ActivityFrame, DecodedFrame)):
+            return []
+        out = self.output.send(item)
+        self.counters.record_frame(out.stamps, out.acq_ns)
+        self.counters.count("frames_published")
+        self._n += 1
+        return [out]
+
+    def flush(self) -> list[Item]:
+        """The session ended: announce it with the number of frames this output sent."""
+        self.end()
+        return []
+
+    def end(self) -> None:
+        """Announce the end of the output session (once; the output ignores a repeat)."""
+        self.output.end(self._n)
+
+
+# ------------------------------------------------------------------------------ the runner
+
+
+class Source(Protocol):
+    """Where messages come from (``streaming.transport.StreamSubscriber``)."""
+
+    last_recv_ns: int
+
+    def recv(self, timeout_ms: int | None = None) -> Message | None: ...
+
+    def close(self) -> None: ...
+
+
+_DRAIN = object()
+
+
+class LatestHandoff:
+    """A one-slot mailbox: ``put`` never blocks and replaces a waiting item (a *skip*)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._busy = False
+        self._closed = False
+        self.generation = 0
+
+    def put(self, item: Any) -> bool:
+        """Leave ``item``; returns True when it replaced one still waiting."""
+        with self._cond:
+            replaced = self._item is not None
+            self._item = item
+            self._cond.notify_all()
+            return replaced
+
+    def take(self) -> tuple[Any, int] | None:
+        """Wait for an item; None once closed and empty. Marks the taker busy until ``done``."""
+        with self._cond:
+            while self._item is None and not self._closed:
+                self._cond.wait()
+            if self._item is None:
+                return None
+            item, self._item = self._item, None
+            self._busy = True
+            return item, self.generation
+
+    def done(self) -> None:
+        with self._cond:
+            self._busy = False
+            self._cond.notify_all()
+
+    def clear(self) -> None:
+        """Drop a waiting item (not a skip) and wait for the taker to finish its current one."""
+        with self._cond:
+            self._item = None
+            self.generation += 1
+            while self._busy:
+                self._cond.wait(0.05)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._item is not None or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+        return True
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Runner:
+    """Drives the chain: a receiver thread, the frame thread, and (with a reconstruction) the
+    reconstruction thread behind a ``LatestHandoff``.
+
+    Parameters
+    ----------
+    source : Source
+    frame_stages : sequence of Stage
+        Run on the frame thread, in order, on every message.
+    recon_stages : sequence of Stage
+        Run on the reconstruction thread on the newest ``ActivityWindow`` (empty: the
+        ``out_stages`` follow the frame stages on the frame thread).
+    out_stages : sequence of Stage
+        After the reconstruction (or the frame stages): output, decoded recording.
+    counters : Counters
+    intake_queue_frames : int
+        Bound of the receiver -> frame thread queue (overflow counted in ``intake_overflow``).
+    on_fatal : callable(str) -> None
+        A stage raised something other than ``StageError``: the runner stops taking input.
+    """
+
+    def __init__(self, source: Source, frame_stages: Sequence[Stage], recon_stages: Sequence[Stage],
+                 out_stages: Sequence[Stage], counters: Counters, *, intake_queue_frames: int,
+                 on_fatal: Callable[[str], None]) -> None:
+        self.source = source
+        self.frame_stages = list(frame_stages)
+        self.recon_stages = list(recon_stages)
+        self.out_stages = list(out_stages)
+        self.counters = counters
+        self.on_fatal = on_fatal
+        self.intake: queue.Queue[Any] = queue.Queue(maxsize=intake_queue_frames)
+        self.handoff = LatestHandoff()
+        self.skipped = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._fatal = False
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [*self.frame_stages, *self.recon_stages, *self.out_stages]
+
+    def warmup(self, info: SessionInfo) -> None:
+        """``warmup(info)`` on every stage, in order (before READY)."""
+        for stage in self.stages:
+            stage.warmup(info)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for stage in self.stages:
+            out.update(stage.stats())
+        return out
+
+    def start(self) -> None:
+        targets = [(self._receive, "receiver"), (self._frames, "frames")]
+        if self.recon_stages:
+            targets.append((self._reconstruct, "reconstruction"))
+        for fn, name in targets:
+            t = threading.Thread(target=fn, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    # -- threads
+    def _fail(self, where: str, exc: BaseException) -> None:
+        self._fatal = True
+        self.on_fatal(f"{where}: {type(exc).__name__}: {exc}")
+
+    def _receive(self) -> None:
+        src, q = self.source, self.intake
+        while not self._stop.is_set():
+            msg = src.recv(50)
+            if msg is None:
+                continue
+            item = Inbound(msg, src.last_recv_ns, now_ns())
+            try:
+                q.put_nowait(item)
+            except queue.Full:
+                self.counters.count("intake_overflow")
+
+    def _frames(self) -> None:
+        while True:
+            item = self.intake.get()
+            if item is _DRAIN:
+                return
+            try:
+                self._frame_path(item)
+            except Exception as exc:  # noqa: BLE001 -- a stage cannot continue: fatal, visibly
+                self._fail("pipeline", exc)
+                return
+
+    def _frame_path(self, item: Item) -> None:
+        out = run_chain(self.frame_stages, [item])
+        if not self.recon_stages:
+            run_chain(self.out_stages, out)
+            return
+        for it in out:
+            if isinstance(it, ActivityWindow):
+                if self.handoff.put(it):
+                    self.skipped += 1
+                    self.counters.count("skipped_frames")
+            elif isinstance(it, SessionStarted):
+                self.handoff.clear()
+                run_chain([*self.recon_stages, *self.out_stages], [it])
+            elif isinstance(it, SessionEnded):
+                # the reconstruction thread is idle after this (only this thread feeds it)
+                self.handoff.wait_idle(60.0)
+                run_chain([*self.recon_stages, *self.out_stages], [it])
+
+    def _reconstruct(self) -> None:
+        while True:
+            got = self.handoff.take()
+            if got is None:
+                return
+            window, generation = got
+            try:
+                out = run_chain(self.recon_stages, [window])
+                if generation == self.handoff.generation:  # else the session changed meanwhile
+                    run_chain(self.out_stages, out)
+            except Exception as exc:  # noqa: BLE001 -- the reconstruction cannot continue: fatal
+                self._fail("reconstruction stage", exc)
+                self.handoff.done()
+                self.handoff.close()
+                return
+            finally:
+                self.handoff.done()
+
+    # -- stopping
+    def drain(self, timeout_s: float) -> None:
+        """Stop receiving, finish the queued frames and the pending reconstruction."""
+        self._stop.set()
+        if self._threads:
+            self._threads[0].join(timeout=5.0)
+            try:
+                self.intake.put(_DRAIN, timeout=max(timeout_s, 0.1))
+            except queue.Full:
+                pass
+            self._threads[1].join(timeout=max(timeout_s, 0.1) + 1.0)
+        if self.recon_stages and not self._fatal:
+            self.handoff.wait_idle(timeout_s)
+        self.handoff.close()
+        for t in self._threads[2:]:
+            t.join(timeout=5.0)
+
+
+__all__ = [
+    "ActivityPassThrough", "ActivityWindow", "Counters", "DeconvStage", "FrameGap", "FrameOutput", "Inbound", "IntakeStage",
+    "LatestHandoff", "Message", "OutputStage", "PassStage", "ReconstructionStage", "Reconstructor",
+    "RecordTap", "Recording", "Runner", "SessionEnded", "SessionStage", "SessionStarted", "Source", "Stage",
+    "Stimulus", "run_chain",
+]

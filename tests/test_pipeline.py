@@ -1,0 +1,237 @@
+"""The live path as a chain of stages (rt_decoder.pipeline), driven in-process over the
+in-memory link: no sockets, no ports, and (checked in a subprocess) no zmq at all."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rt_decoder.messages import ActivityFrame, DecodedFrame, FluorescenceFrame, SessionInfo
+from rt_decoder.pipeline import (
+    ActivityPassThrough,
+    ActivityWindow,
+    DeconvStage,
+    FrameGap,
+    Inbound,
+    IntakeStage,
+    OutputStage,
+    PassStage,
+    ReconstructionStage,
+    SessionEnded,
+    SessionStage,
+    SessionStarted,
+    Stage,
+    run_chain,
+)
+from streaming import protocol as P
+from streaming.config import config_from_dict
+from streaming.metrics import MetricsRecorder
+from streaming.service import DecoderService, State
+from streaming.transport import InMemoryLink, StreamPublisher, StreamSubscriber
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Log(PassStage):
+    """Records what the runner did to it."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name = name
+        self.calls = calls
+
+    def reset(self, info: SessionInfo) -> None:
+        self.calls.append(f"{self.name}.reset({info.session_id})")
+
+    def flush(self) -> list[Any]:
+        self.calls.append(f"{self.name}.flush")
+        return [f"{self.name}-flushed"]  # type: ignore[list-item]
+
+    def __call__(self, item: Any) -> list[Any]:
+        self.calls.append(f"{self.name}({item})")
+        return [item]
+
+
+def test_run_chain_resets_on_session_start_and_flushes_before_session_end() -> None:
+    calls: list[str] = []
+    a, b = Log("a", calls), Log("b", calls)
+    info = SessionInfo("s", np.arange(2), 30.0)
+    out = run_chain([a, b], [SessionStarted(info), "x", SessionEnded("s", 1)])  # type: ignore[list-item]
+    assert calls == ["a.reset(s)", "a(x)", "a.flush", "b.reset(s)", "b(x)", "b(a-flushed)", "b.flush"]
+    assert out[0] == SessionStarted(info) and out[1:3] == ["x", "a-flushed"]
+    assert out[3:] == ["b-flushed", SessionEnded("s", 1)]
+
+
+def test_every_stage_has_the_required_methods() -> None:
+    m = MetricsRecorder(10)
+    from rt_decoder.deconv import DeconvSettings
+
+    link = InMemoryLink()
+    stages = [IntakeStage(m), SessionStage(m, max_gap_frames=10), DeconvStage(DeconvSettings(), m),
+              ActivityPassThrough(), ReconstructionStage(SlowStage(0.0), m),
+              OutputStage(StreamPublisher(link.pub_socket, None), m)]
+    for stage in stages:
+        assert isinstance(stage, Stage), type(stage).__name__
+
+
+def test_session_stage_gaps_and_restarts() -> None:
+    m = MetricsRecorder(10)
+    st = SessionStage(m, max_gap_frames=5)
+    info = SessionInfo("s", np.arange(3), 30.0)
+
+    def msg(kind: str, seq: int, body: Any) -> Inbound:
+        return Inbound(P.Envelope(kind, "s", seq, 0, body), 10, 11)
+
+    def frame(seq: int, index: int) -> Inbound:
+        return msg(P.KIND_FRAME, seq, FluorescenceFrame(seq, index, 0, values=np.zeros(3, np.float32)))
+
+    assert st(msg(P.KIND_SESSION_START, 0, info)) == [SessionStarted(info)]
+    out = st(frame(1, 0))
+    assert [n for n, _ in out[0].stamps] == ["rx", "decode"]
+    out = st(frame(2, 3))  # two frames never arrived
+    assert out[0] == FrameGap(2, False, 3)
+    assert st(frame(5, 20))[0] == FrameGap(16, True, 20)  # too many to bridge; seq jumped by 2
+    assert st(frame(6, 19)) == []  # index went back
+    assert m.counters["frames_missing"] == 18 and m.counters["messages_lost"] == 2
+    assert m.malformed["stale_frame_index"] == 1
+    assert st(msg(P.KIND_SESSION_START, 0, info)) == [SessionStarted(info)]  # seq restarted: a new session
+    assert m.counters["session_restarts"] == 1
+
+
+class SlowStage:
+    """A reconstructor that takes ``delay_s`` per frame and 'decodes' frame i as an image of i."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.seen: list[int] = []
+        self.resets = 0
+
+    def reset(self, info: SessionInfo) -> None:
+        self.resets += 1
+
+    def warmup(self) -> None:
+        pass
+
+    def flush(self) -> list[DecodedFrame]:
+        return []
+
+    def stats(self) -> dict[str, Any]:
+        return {"calls": len(self.seen)}
+
+    def __call__(self, frame: ActivityFrame, recent: np.ndarray | None) -> list[DecodedFrame]:
+        time.sleep(self.delay_s)
+        self.seen.append(frame.frame_index)
+        assert recent is not None and recent.shape[1] == frame.values.shape[0]
+        np.testing.assert_array_equal(recent[-1], frame.values)
+        return [DecodedFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps,
+                             image=np.full((36, 64), frame.frame_index, np.float32))]
+
+
+def in_memory_service(reconstructor: Any = None, **pipeline: Any) -> tuple[DecoderService, StreamPublisher,
+                                                                            StreamSubscriber]:
+    cfg = config_from_dict({"status": {"address": "", "status_line_every_s": 0.0},
+                            "pipeline": {"warmup_rois": 8, **pipeline}, "deconv": {"init_frames": 30}})
+    inp, out = InMemoryLink(), InMemoryLink()
+    svc = DecoderService(cfg, reconstructor, source=StreamSubscriber(inp.sub_socket, reject_nonfinite=False,
+                                                                      check_n_rois=False),
+                         output=StreamPublisher(out.pub_socket, None), log=lambda s: None)
+    return svc, StreamPublisher(inp.pub_socket, None), StreamSubscriber(out.sub_socket)
+
+
+def _collect(sub: StreamSubscriber, kind: str, n: int, timeout_s: float = 30.0) -> list[P.Envelope]:
+    got: list[P.Envelope] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < n and time.monotonic() < deadline:
+        env = sub.recv(50)
+        if env is not None and env.kind == kind:
+            got.append(env)
+    return got
+
+
+def test_latest_handoff_skips_to_the_newest_frame_and_counts_skips() -> None:
+    import threading
+
+    stage = SlowStage(0.02)
+    svc, pub, sink = in_memory_service(stage)
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    while svc.state != State.READY:
+        time.sleep(0.01)
+    pub.begin(SessionInfo("h", np.arange(3), 30.0, is_activity=True))
+    for i in range(40):
+        pub.send_activity(np.full(3, i, np.float32), i, i)
+        time.sleep(0.001)
+    pub.end(40)
+    while svc.metrics.counters["frames_processed"] < 40:
+        time.sleep(0.01)
+    assert svc.runner is not None and svc.runner.handoff.wait_idle(10.0)
+    svc.request_stop("test")
+    t.join(30.0)
+    decoded = _collect(sink, P.KIND_DECODED, len(stage.seen))
+    assert stage.seen[-1] == 39 and stage.seen == sorted(stage.seen)  # the newest frame is always decoded
+    assert svc.metrics.counters["skipped_frames"] == 40 - len(stage.seen) > 0
+    assert [e.body.frame_index for e in decoded] == stage.seen
+    assert [n for n, _ in decoded[0].body.stamps] == ["rx", "decode", "deconv", "recon", "tx"]
+
+
+def test_service_runs_on_the_in_memory_link_without_zmq() -> None:
+    """Fluorescence in, activity out, through the whole chain, in a process that never imports zmq."""
+    script = textwrap.dedent("""
+        import sys, threading, time
+        import numpy as np
+        from rt_decoder.messages import SessionInfo
+        from streaming import protocol as P
+        from streaming.config import config_from_dict
+        from streaming.service import DecoderService, State
+        from streaming.transport import InMemoryLink, StreamPublisher, StreamSubscriber
+
+        cfg = config_from_dict({"status": {"address": "", "status_line_every_s": 0.0},
+                                "pipeline": {"warmup_rois": 8, "stop_on_session_end": True},
+                                "deconv": {"init_frames": 30}})
+        inp, out = InMemoryLink(), InMemoryLink()
+        svc = DecoderService(cfg, None, source=StreamSubscriber(inp.sub_socket),
+                             output=StreamPublisher(out.pub_socket, None), log=lambda s: None)
+        pub, sink = StreamPublisher(inp.pub_socket, None), StreamSubscriber(out.sub_socket)
+        t = threading.Thread(target=svc.run)
+        t.start()
+        while svc.state != State.READY:
+            time.sleep(0.01)
+        rng = np.random.default_rng(0)
+        pub.begin(SessionInfo("mem", np.arange(5), 30.0))
+        for i in range(60):
+            pub.send_frame(100 + rng.standard_normal(5).astype(np.float32), i, i)
+        pub.end(60)
+        t.join(60)
+        kinds = []
+        while (env := sink.recv(0)) is not None:
+            kinds.append(env.kind)
+        assert svc.state == State.STOPPED, svc.state
+        assert kinds.count(P.KIND_ACTIVITY) == 60, kinds
+        assert kinds[-1] == P.KIND_SESSION_END and kinds[0] == P.KIND_SESSION_START, kinds
+        assert svc.metrics.counters["frames_published"] == 60
+        assert "zmq" not in sys.modules, "zmq was imported"
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_reconstruction_stage_wraps_stage_errors_and_stamps_recon() -> None:
+    from rt_decoder.errors import StageError
+
+    class Failing(SlowStage):
+        def __call__(self, frame: ActivityFrame, recent: np.ndarray | None) -> list[DecodedFrame]:
+            raise StageError("no ROI matches")
+
+    m = MetricsRecorder(10)
+    frame = ActivityFrame(0, 0, 0, values=np.zeros(2, np.float32), stamps=(("deconv", 5),))
+    window = ActivityWindow(frame, np.zeros((1, 2), np.float32))
+    assert ReconstructionStage(Failing(0.0), m)(window) == []
+    assert m.counters["stage_errors"] == 1 and "no ROI" in m.notes["last_stage_error"]
+    out = ReconstructionStage(SlowStage(0.0), m)(window)
+    assert [n for n, _ in out[0].stamps] == ["deconv", "recon"]  # type: ignore[union-attr]
