@@ -99,22 +99,17 @@ def bench_suite2p_live(n_rois: int, n_timed: int, workdir: Path) -> dict[str, An
 
 
 def bench_c_publisher(n_frames: int, n_rois: int = 8000) -> dict[str, Any]:
-    import zmq
-
     from streaming.protocol import decode
+    from streaming.transport import open_socket
 
     root = Path(__file__).resolve().parents[1]
     build = subprocess.run(["make", "-s", "bindings-c"], cwd=root, capture_output=True, text=True)
     if build.returncode != 0:
         return {"skipped": f"make bindings-c failed: {build.stderr.strip()[-300:]}"}
     exe = root / "build" / "bindings" / "c" / "rt_publisher_example"
-    ctx: Any = zmq.Context.instance()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.setsockopt(zmq.RCVHWM, 100_000)
-    sub.setsockopt(zmq.LINGER, 0)
-    port = sub.bind_to_random_port("tcp://127.0.0.1")
-    proc = subprocess.Popen([str(exe), f"tcp://127.0.0.1:{port}", "--rois", str(n_rois), "--frames", str(n_frames),
+    sub = open_socket("sub", "tcp://127.0.0.1:*", bind=True, what="benchmark subscriber",
+                      options={"SUBSCRIBE": b"", "RCVHWM": 100_000, "LINGER": 0})
+    proc = subprocess.Popen([str(exe), sub.endpoint, "--rois", str(n_rois), "--frames", str(n_frames),
                              "--hwm", "100000", "--wait-ms", "500", "--sid", "bench"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     n_recv = 0

@@ -1,7 +1,7 @@
 """Test and benchmark helpers for the bindings: a real ZeroMQ SUB that decodes with
 ``streaming.protocol`` and collects one session, and the apt installer hook.
 
-Imports pyzmq and the protocol module only.
+Imports the transport and protocol modules only.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import zmq
 
 from streaming.protocol import Envelope, decode
 
@@ -29,13 +27,11 @@ class CollectingSubscriber:
     """
 
     def __init__(self, *, rcvhwm: int = 100_000) -> None:
-        self._ctx: Any = zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
-        self.address = f"tcp://127.0.0.1:{port}"
+        from streaming.transport import open_socket
+
+        self._sock = open_socket("sub", "tcp://127.0.0.1:*", bind=True, what="test subscriber",
+                                 options={"RCVHWM": rcvhwm, "LINGER": 0, "SUBSCRIBE": b""})
+        self.address = self._sock.endpoint
         self.envelopes: list[Envelope] = []
         self.n_malformed = 0
         self.errors: list[str] = []

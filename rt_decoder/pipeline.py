@@ -470,14 +470,11 @@ class DeconvStage(PassStage):
                 # a zero-copy view of the received message; the numba kernels want a writable array
                 frame = dataclasses.replace(frame, values=frame.values.copy())
             try:
-                out = self.deconv(frame)
+                act = self.deconv(frame)  # keeps the frame's stamps and adds "deconv"
             except StageError as exc:
                 m.count("stage_errors")
                 m.notes["last_stage_error"] = str(exc)[:200]
                 return []
-            t = now_ns()
-            act = ActivityFrame(frame.seq, out.frame_index, frame.acq_ns, stamps=frame.stamps + (("deconv", t),),
-                                values=out.values, behaviour=frame.behaviour)
         m.count("frames_processed")
         if not self.window_frames:
             return [act]

@@ -173,22 +173,14 @@ class ZmqRawFrameSource:
 
     def __init__(self, address: str, *, bind: bool = False, idle_timeout_s: float | None = None,
                  max_bytes: int = 64 * 1024 * 1024, context: Any = None) -> None:
-        import zmq
+        from streaming.transport import open_socket
 
-        self.address = address
         self.idle_timeout_s = idle_timeout_s
         self.max_bytes = int(max_bytes)
-        self._ctx = context or zmq.Context.instance()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 1000)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_bytes)
-        if bind:
-            self._sock.bind(address)
-            self.address = self._sock.getsockopt(zmq.LAST_ENDPOINT).decode()
-        else:
-            self._sock.connect(address)
+        self._sock = open_socket("sub", address, bind=bind, context=context, what="raw-frame source",
+                                 options={"SUBSCRIBE": b"", "LINGER": 0, "RCVHWM": 1000,
+                                          "MAXMSGSIZE": 4 * self.max_bytes})
+        self.address = self._sock.endpoint
         self.n_malformed = 0
         self.n_missing = 0
         self.n_other = 0
