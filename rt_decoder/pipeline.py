@@ -53,6 +53,13 @@ KIND_HEARTBEAT = "heartbeat"
 KIND_STIMULUS = "stimulus"
 
 
+#: A sequence number further ahead than this is a new numbering, not lost messages
+#: (2^32 messages would be over four years of a 30 Hz stream).
+MAX_SEQ_GAP = 2**32
+
+#: A ``session_end`` must continue the session's numbering within this many messages.
+MAX_CONTROL_SEQ_GAP = 64
+
 # ------------------------------------------------------------------------------ items
 
 
@@ -74,11 +81,13 @@ class Message(Protocol):
 
 @dataclass(frozen=True)
 class Inbound:
-    """One message off the source, with the times it was received and validated (monotonic ns)."""
+    """One message off the source, with the times it was received and validated (monotonic ns)
+    and, for session control messages, who sent it (``Source.last_peer``; "" = unknown)."""
 
     message: Message
     rx_ns: int
     decode_ns: int
+    peer: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,26 +230,56 @@ class SessionStage(PassStage):
 
     A ``session_start`` with a new id, a new ROI count, or the same id with its sequence
     restarted begins a new session (``SessionStarted``); frames of another session, or
-    before any, are counted and dropped. Sequence gaps count ``messages_lost``; a frame
-    index that goes back is dropped (``stale_frame_index``); one that jumps ahead emits a
-    ``FrameGap`` (``restart`` when the jump exceeds ``max_gap_frames``). Frames whose length
-    is not the session's ROI count are dropped (``wrong_n_rois``).
+    before any, are counted and dropped (``frames_before_info``). Sequence gaps count
+    ``messages_lost`` (a jump beyond ``MAX_SEQ_GAP`` is a new numbering: ``seq_jumps``).
+
+    Frame indices: a small step back (up to ``confirm_jump_frames``) is a duplicate or
+    reordered frame, dropped (``stale_frame_index``); a jump ahead of up to
+    ``confirm_jump_frames`` emits a ``FrameGap`` at once. A frame further away, ahead or
+    back, is held until the next frame decides: if that one continues from it, the source
+    renumbered (a ``FrameGap`` with ``restart`` when the jump exceeds ``max_gap_frames`` or
+    went back: ``frame_index_epochs``); if it continues the old numbering, the held frame was
+    an outlier, dropped (``frame_index_outlier``). So one bad index costs at most itself and
+    one frame period, never the frames after it. Frames whose length is not the session's
+    ROI count are dropped (``n_rois_mismatch``).
+
+    Session control belongs to the session's publisher: while a session runs (not ended,
+    heard from within ``takeover_after_s``), a ``session_start`` of another session id, or
+    from another peer, is refused (``session_takeover_refused``); the same id with its
+    sequence restarted from the same (or an unknown) peer is a restart, and a new id from
+    the same CURVE key is accepted at once. A
+    ``session_end`` is accepted only when it continues the session's sequence numbers (at
+    most ``MAX_CONTROL_SEQ_GAP`` ahead) and, when both are known, comes from the peer that
+    started the session (else ``session_control_refused``).
 
     Parameters
     ----------
     counters : Counters
     max_gap_frames : int
         Larger frame-index jumps restart the deconvolution instead of being bridged.
+    confirm_jump_frames : int
+        Frame-index jumps further than this wait for the next frame to confirm them.
+    takeover_after_s : float
+        A different session may replace a running one only after that one ended or was
+        silent this long (seconds).
     on_session_end : callable(session_id, n_frames) -> None, optional
         Called after a ``session_end`` (the service may stop on it).
     """
 
     name = "session"
 
-    def __init__(self, counters: Counters, *, max_gap_frames: int,
-                 on_session_end: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, counters: Counters, *, max_gap_frames: int, confirm_jump_frames: int = 30,
+                 takeover_after_s: float = 2.0, on_session_end: Callable[[str, int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.counters = counters
+        self.takeover_after_s = float(takeover_after_s)
+        self._clock = clock
+        self._last_heard = 0.0
+        self._ended = False
+        self._peer = ""
         self.max_gap_frames = int(max_gap_frames)
+        self.confirm_jump_frames = int(confirm_jump_frames)
+        self._held: Any = None
         self.on_session_end = on_session_end
         self.info: SessionInfo | None = None
         self._last_seq: int | None = None
@@ -251,6 +290,11 @@ class SessionStage(PassStage):
         m = self.counters
         if self._last_seq is not None:
             expected = self._last_seq + 1
+            if seq > expected + MAX_SEQ_GAP:
+                # not a loss anyone could have had: the numbering jumped (counted, followed)
+                m.count("seq_jumps")
+                self._last_seq = seq
+                return
             if seq > expected:
                 m.count("messages_lost", seq - expected)
                 m.count("gap_events")
@@ -263,6 +307,7 @@ class SessionStage(PassStage):
             return [item]
         msg, m = item.message, self.counters
         kind = msg.kind
+        now = self._clock()
         if kind == KIND_SESSION_START:
             info = msg.body
             assert isinstance(info, SessionInfo)
@@ -270,29 +315,62 @@ class SessionStage(PassStage):
             restarted = (cur is not None and info.session_id == cur.session_id
                          and self._last_seq is not None and msg.seq < self._last_seq)
             if cur is None or restarted or info.session_id != cur.session_id or info.n_rois != cur.n_rois:
-                return self._start(info, msg.seq)
+                if not self._may_take_over(item.peer, now, same_id=cur is not None and info.session_id == cur.session_id):
+                    m.count("session_takeover_refused")
+                    assert cur is not None
+                    m.notes["last_session_refused"] = (
+                        f"session_start of {info.session_id!r} ({item.peer or 'unknown peer'}) refused: session "
+                        f"{cur.session_id!r} is running (it may be replaced after it ends or is silent for "
+                        f"{self.takeover_after_s:g} s)")
+                    return []
+                return self._start(info, msg.seq, item.peer, now)
+            self._last_heard = now
             self._track_seq(msg.seq)
             return []
         if self.info is None or msg.session_id != self.info.session_id:
             if kind in (KIND_FRAME, KIND_ACTIVITY):
-                m.count("frames_without_session")
+                m.count("frames_before_info")
             return []
+        if kind == KIND_SESSION_END and not self._owns_end(item, msg.seq):
+            m.count("session_control_refused")
+            m.notes["last_session_refused"] = (f"session_end of {msg.session_id!r} with seq {msg.seq} "
+                                               f"({item.peer or 'unknown peer'}) refused: not from the session's "
+                                               f"publisher (last seq {self._last_seq})")
+            return []
+        self._last_heard = now
         self._track_seq(msg.seq)
         if kind == KIND_HEARTBEAT:
             m.count("heartbeats_received")
             return []
         if kind == KIND_SESSION_END:
+            self._ended = True
+            out = self.end_held()
             m.notes["last_session_end"] = f"{msg.session_id} after {self.frames_in_session} frames"
             if self.on_session_end is not None:
                 self.on_session_end(msg.session_id, self.frames_in_session)
-            return [SessionEnded(msg.session_id, self.frames_in_session)]
+            return [*out, SessionEnded(msg.session_id, self.frames_in_session)]
         if kind == KIND_STIMULUS:
             return [Stimulus(int(msg.body.frame_index), msg.body.image)]
         if kind in (KIND_FRAME, KIND_ACTIVITY):
             return self._frame(item)
         return []
 
-    def _start(self, info: SessionInfo, seq: int) -> list[Item]:
+    def _may_take_over(self, peer: str, now: float, *, same_id: bool) -> bool:
+        if self.info is None or self._ended or now - self._last_heard >= self.takeover_after_s:
+            return True
+        if peer and self._peer and peer != self._peer:
+            return False  # another publisher (CURVE key or address) while the session runs
+        if same_id:
+            return True  # the session's publisher restarted its numbering under the same id
+        return peer.startswith("key:") and peer == self._peer  # the same CURVE key, a new session
+
+    def _owns_end(self, item: Inbound, seq: int) -> bool:
+        last = self._last_seq if self._last_seq is not None else -1
+        if not last < seq <= last + MAX_CONTROL_SEQ_GAP:
+            return False
+        return not (item.peer and self._peer and item.peer != self._peer)
+
+    def _start(self, info: SessionInfo, seq: int, peer: str = "", now: float = 0.0) -> list[Item]:
         m = self.counters
         if self.info is not None:
             m.count("session_restarts")
@@ -303,6 +381,10 @@ class SessionStage(PassStage):
         self.info = info
         self._last_seq = seq
         self._last_frame_index = None
+        self._held = None
+        self._peer = peer
+        self._ended = False
+        self._last_heard = now
         self.frames_in_session = 0
         m.notes["session"] = (f"{info.session_id}: {info.n_rois} ROIs at {info.frame_rate_hz:g} Hz, "
                               f"{'activity (deconvolution bypassed)' if info.is_activity else 'fluorescence'}")
@@ -313,25 +395,59 @@ class SessionStage(PassStage):
         assert info is not None
         frame = item.message.body
         if frame.values.shape[0] != info.n_rois:
-            m.count_malformed("wrong_n_rois")
+            m.count_malformed("n_rois_mismatch")
             m.notes["last_malformed"] = (f"frame {frame.frame_index} has {frame.values.shape[0]} values, "
                                          f"session {info.session_id} has {info.n_rois} ROIs")
             return []
-        out: list[Item] = []
-        fi = int(frame.frame_index)
-        if self._last_frame_index is not None:
-            missing = fi - self._last_frame_index - 1
-            if missing < 0:
+        frame = dataclasses.replace(frame, stamps=frame.stamps + (("rx", item.rx_ns), ("decode", item.decode_ns)))
+        fi, out = int(frame.frame_index), []
+        bound = self.confirm_jump_frames
+        if self._held is not None:
+            held = self._held
+            self._held = None
+            if held.frame_index < fi <= held.frame_index + bound:
+                # the next frame continues from the held one: a new numbering, confirmed
+                out = self._accept(held, epoch=True)
+            else:
+                m.count_malformed("frame_index_outlier")
+                m.notes["last_malformed"] = (f"frame index {held.frame_index} did not continue (next {fi}, "
+                                             f"previous {self._last_frame_index}): dropped as an outlier")
+        last = self._last_frame_index
+        if last is not None:
+            missing = fi - last - 1
+            if -bound <= missing < 0:
                 m.count_malformed("stale_frame_index")
-                return []
-            if missing > 0:
+                return out
+            if missing > bound or missing < -bound:
+                # too far from the running numbering to trust alone: held until the next frame
+                self._held = frame
+                return out
+        return out + self._accept(frame, epoch=False)
+
+    def _accept(self, frame: Any, *, epoch: bool) -> list[Item]:
+        m, out = self.counters, []
+        fi, last = int(frame.frame_index), self._last_frame_index
+        if last is not None and fi != last + 1:
+            missing = fi - last - 1
+            if epoch and not 0 < missing <= self.max_gap_frames:
+                m.count("frame_index_epochs")
+                m.notes["last_frame_index_epoch"] = f"frame index {last} -> {fi}"
+                out.append(FrameGap(max(missing, 0), True, fi))
+            else:
                 m.count("frames_missing", missing)
                 out.append(FrameGap(missing, missing > self.max_gap_frames, fi))
         self._last_frame_index = fi
         self.frames_in_session += 1
         m.count("frames_received")
-        out.append(dataclasses.replace(frame, stamps=frame.stamps + (("rx", item.rx_ns), ("decode", item.decode_ns))))
+        out.append(frame)
         return out
+
+    def end_held(self) -> list[Item]:
+        """The session ended with a frame still held: nothing contradicts it, so it goes on."""
+        if self._held is None:
+            return []
+        held, self._held = self._held, None
+        return self._accept(held, epoch=True)
 
     def stats(self) -> dict[str, Any]:
         return {"frames_in_session": self.frames_in_session}
@@ -628,6 +744,7 @@ class Source(Protocol):
     """Where messages come from (``streaming.transport.StreamSubscriber``)."""
 
     last_recv_ns: int
+    last_peer: str
 
     def recv(self, timeout_ms: int | None = None) -> Message | None: ...
 
@@ -767,7 +884,7 @@ class Runner:
             msg = src.recv(50)
             if msg is None:
                 continue
-            item = Inbound(msg, src.last_recv_ns, now_ns())
+            item = Inbound(msg, src.last_recv_ns, now_ns(), src.last_peer)
             try:
                 q.put_nowait(item)
             except queue.Full:

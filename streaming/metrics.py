@@ -58,7 +58,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "frames_processed",      # frames through deconvolution (or its bypass)
     "frames_published",      # frames sent on the output
     "frames_no_output",      # frames the deconvolution held back (initial batch)
-    "frames_without_session",  # frames before any session_start of their session (late join)
+    "frames_before_info",    # frames before any session_start of their session (late join)
     "messages_lost",         # sequence-number gaps (any message kind)
     "gap_events",            # number of separate sequence gaps
     "frames_missing",        # frame-index gaps handed to the deconvolution as missing samples
@@ -72,7 +72,15 @@ COUNTER_NAMES: tuple[str, ...] = (
     "heartbeats_received",
     "stage_errors",          # frames a stage rejected (counted, service continues)
     "deconv_resets",         # frame-index jumps beyond max_gap_frames: deconvolution restarted
+    "frames_before_deconv_ready",  # frames of the deconvolution's initial batch (not decoded)
+    "seq_jumps",             # sequence numbers that jumped too far to be losses (a new numbering)
+    "input_disconnects",     # input connections that dropped (peer gone, or an oversized message cut)
+    "input_handshake_failures",  # input peers refused in the handshake (CURVE: wrong or no key)
+    "input_socket_rebuilds",  # times the input socket was rebuilt because ZeroMQ would not reconnect
 )
+
+#: Counters saturate here instead of growing past what msgpack and JSON readers take.
+COUNTER_MAX = 2**63 - 1
 
 
 def percentiles(values: np.ndarray) -> dict[str, float]:
@@ -124,7 +132,7 @@ class MetricsRecorder:
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to counter ``name``."""
         with self._lock:
-            self.counters[name] += n
+            self.counters[name] = min(self.counters[name] + int(n), COUNTER_MAX)
 
     def count_malformed(self, reason: str) -> None:
         """Count one malformed message under a short reason tag."""

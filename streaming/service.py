@@ -158,7 +158,8 @@ class DecoderService:
         self.recon_stage: ReconstructionStage | None = None
         self.deconv_settings: Any = None
         self._fatal: str | None = None
-        self._output_dropped_seen = 0
+        self._synced: dict[str, int] = {}
+        self._sync_lock = threading.Lock()
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -177,11 +178,20 @@ class DecoderService:
         self._publish_status()
 
     def _sync_counters(self) -> None:
+        """Bring the transport's own counters into the metrics (as deltas, so they add up)."""
+        totals: dict[str, int] = {}
         if self.output is not None:
-            dropped = self.output.dropped
-            if dropped > self._output_dropped_seen:
-                self.metrics.count("output_dropped", dropped - self._output_dropped_seen)
-                self._output_dropped_seen = dropped
+            totals["output_dropped"] = self.output.dropped
+        if isinstance(self.source, StreamSubscriber):
+            c = self.source.counters
+            totals.update(input_disconnects=c.disconnects, input_handshake_failures=c.handshake_failures,
+                          input_socket_rebuilds=c.socket_rebuilds)
+        with self._sync_lock:
+            for name, total in totals.items():
+                seen = self._synced.get(name, 0)
+                if total > seen:
+                    self.metrics.count(name, total - seen)
+                    self._synced[name] = total
 
     def snapshot(self) -> dict[str, Any]:
         """The status message's metrics: counters, malformed reasons, latencies, notes, and the

@@ -168,13 +168,34 @@ class ZmqSocket:
     ``endpoint``, and what must stop with it (a CURVE authenticator). Forwards the calls the
     transport uses; ``close`` closes both."""
 
-    def __init__(self, sock: Any, endpoint: str, auth: Any = None) -> None:
+    def __init__(self, sock: Any, endpoint: str, auth: Any = None, *, monitor: bool = False) -> None:
         import zmq
 
         self.sock = sock
         self.endpoint = endpoint
         self._auth = auth
         self._again = zmq.Again
+        self._monitor = sock.get_monitor_socket() if monitor else None
+
+    def events(self) -> list[str]:
+        """Connection events since the last call (``zmq.Event`` names such as ``CONNECTED``,
+        ``DISCONNECTED``, ``CONNECT_RETRIED``, ``HANDSHAKE_FAILED_AUTH``); empty without a monitor."""
+        if self._monitor is None:
+            return []
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        out = []
+        while self._monitor.poll(0):
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                out.append(zmq.Event(event["event"]).name or str(event["event"]))
+            except ValueError:
+                out.append(str(event["event"]))
+        return out
 
     def send_multipart(self, parts: Sequence[Any], flags: int = 0, copy: bool = True) -> Any:
         try:
@@ -198,6 +219,13 @@ class ZmqSocket:
         return int(self.sock.poll(timeout, flags))
 
     def close(self, linger: int | None = None) -> None:
+        if self._monitor is not None:
+            try:
+                self.sock.disable_monitor()
+            except Exception:  # noqa: BLE001 -- closing anyway
+                pass
+            self._monitor.close(linger=0)
+            self._monitor = None
         self.sock.close(linger=linger)
         if self._auth is not None:
             self._auth.stop()
@@ -206,7 +234,7 @@ class ZmqSocket:
 
 def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool = False,
                 options: Mapping[str, Any] | None = None, curve: Curve | None = None, context: Any = None,
-                what: str = "") -> ZmqSocket:
+                what: str = "", monitor: bool = False) -> ZmqSocket:
     """Create, configure and bind or connect one ZeroMQ socket: the one place that does it.
 
     Parameters
@@ -226,6 +254,8 @@ def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool
         Default: the process-wide ``zmq.Context.instance()``.
     what : str
         Named in errors (e.g. ``"[input]"``).
+    monitor : bool
+        Watch the socket's connection events (``ZmqSocket.events``).
 
     Raises
     ------
@@ -240,7 +270,10 @@ def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool
     ctx = context or zmq.Context.instance()
     sock = ctx.socket(getattr(zmq, _KINDS[kind]))
     auth = None
+    mon = None
     try:
+        if monitor:
+            mon = ZmqSocket(sock, address, monitor=True)  # the monitor sees the bind/connect too
         for name, value in (options or {}).items():
             sock.setsockopt(getattr(zmq, name), value)
         if curve is not None:
@@ -252,14 +285,17 @@ def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool
             sock.connect(address)
             endpoint = address
     except zmq.ZMQError as exc:
-        sock.close(linger=0)
+        mon.close(linger=0) if mon is not None else sock.close(linger=0)
         if auth is not None:
             auth.stop()
         raise ConfigError(f"{what + ': ' if what else ''}cannot {'bind' if bind else 'connect'} "
                           f"{address!r}: {exc}") from None
     except (OSError, ValueError) as exc:  # unreadable key file
-        sock.close(linger=0)
+        mon.close(linger=0) if mon is not None else sock.close(linger=0)
         raise ConfigError(f"{what + ': ' if what else ''}CURVE key file: {exc}") from None
+    if mon is not None:
+        mon.endpoint, mon._auth = endpoint, auth
+        return mon
     return ZmqSocket(sock, endpoint, auth)
 
 
@@ -601,6 +637,25 @@ class StreamPublisher:
 
 # ---------------------------------------------------------------------------- subscriber
 
+_CONTROL_KINDS = frozenset({P.KIND_SESSION_START, P.KIND_SESSION_END})
+
+
+def peer_of(part: Any) -> str:
+    """Who sent a received ZeroMQ frame: ``"key:<z85>"`` (CURVE, accepted by the
+    authenticator), ``"addr:<ip>"`` (TCP peer), or ``""`` (unknown)."""
+    get = getattr(part, "get", None)
+    if get is None:
+        return ""
+    for prop, tag in (("User-Id", "key"), ("Peer-Address", "addr")):
+        try:
+            value = get(prop)
+        except Exception:  # noqa: BLE001 -- zmq raises EINVAL when the property is absent
+            continue
+        if value:
+            return f"{tag}:{value}"
+    return ""
+
+
 
 @dataclass(frozen=True)
 class GapEvent:
@@ -642,9 +697,14 @@ class SubscriberCounters:
     sessions: int = 0  # distinct sessions seen
     session_changes: int = 0  # switches from one session id to another after the first
     frames_before_info: int = 0  # frames of a session whose session_start was not yet seen
+    disconnects: int = 0  # connections that dropped (peer gone, or ZeroMQ cut an oversized message)
+    handshake_failures: int = 0  # peers refused during the ZMTP/CURVE handshake (e.g. a wrong key)
+    socket_rebuilds: int = 0  # times a connecting socket that would not reconnect was rebuilt
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "disconnects": self.disconnects, "handshake_failures": self.handshake_failures,
+            "socket_rebuilds": self.socket_rebuilds,
             "received": self.received, "bytes_received": self.bytes_received, "by_kind": dict(self.by_kind),
             "malformed": self.malformed, "malformed_by_reason": dict(self.malformed_by_reason),
             "missing": self.missing, "gap_events": self.gap_events, "out_of_order": self.out_of_order,
@@ -672,6 +732,16 @@ class StreamSubscriber:
         Count frames whose length differs from the session's ``n_rois`` as malformed.
     rcvhwm, linger_ms : int
         ZeroMQ receive high-water mark (messages) and linger (ms).
+    zmq_max_bytes : int, optional
+        ZeroMQ's ``MAXMSGSIZE`` (default 4 x ``max_bytes``).
+    curve : Curve, optional
+        CURVE security (the subscriber is usually the server).
+    on_reject : callable(reason, message), optional
+        Called for every rejected message (after counting it).
+    supervise : bool
+        Watch the connection (a socket it created): count disconnects and failed
+        handshakes, and rebuild a connecting socket that ZeroMQ will not reconnect (after
+        it cut an oversized message or a handshake failed, libzmq stops retrying).
 
     Attributes
     ----------
@@ -684,6 +754,10 @@ class StreamSubscriber:
         True when the last returned message started a new session.
     last_recv_ns : int
         ``time.monotonic_ns()`` when the last returned message was taken off the socket.
+    last_peer : str
+        Who sent the last returned ``session_start`` or ``session_end``: ``"key:<z85>"``
+        (the CURVE public key the authenticator accepted), else ``"addr:<ip>"`` (TCP),
+        else ``""`` (unknown: ipc, in-memory).
     """
 
     def __init__(
@@ -702,6 +776,7 @@ class StreamSubscriber:
         zmq_max_bytes: int | None = None,
         curve: Curve | None = None,
         on_reject: Callable[[str, str], None] | None = None,
+        supervise: bool = True,
         context: Any = None,
         what: str = "",
     ) -> None:
@@ -709,15 +784,31 @@ class StreamSubscriber:
         self.reject_nonfinite = reject_nonfinite
         self.check_n_rois = check_n_rois
         self.on_reject = on_reject
+        self._open: Callable[[], ZmqSocket] | None = None
+        self._bind = bind
         if isinstance(socket_or_address, str):
             limit = 4 * self.max_bytes if zmq_max_bytes is None else int(zmq_max_bytes)
             opts = {"RCVHWM": int(rcvhwm), "LINGER": int(linger_ms), "MAXMSGSIZE": limit, "SUBSCRIBE": b""}
-            sock = open_socket("sub", socket_or_address, bind=bind, options=opts, curve=curve, context=context,
-                               allow_non_loopback=allow_non_loopback or bool(allow_remote), what=what)
+            address = socket_or_address
+
+            def _open() -> ZmqSocket:
+                return open_socket("sub", address, bind=bind, options=opts, curve=curve, context=context,
+                                   allow_non_loopback=allow_non_loopback or bool(allow_remote), what=what,
+                                   monitor=supervise)
+
+            self._open = _open
+            sock = _open()
             self._socket, self.address = sock, sock.endpoint
             self._owns_socket = True
         else:
             self._socket, self.address, self._owns_socket = socket_or_address, "", False
+        self._supervised = supervise and self._open is not None
+        self._next_check = 0.0
+        self._dropped_at: float | None = None
+        self._last_rebuild = 0.0
+        self._pending: collections.deque[Any] = collections.deque()
+        self.link_events: collections.deque[str] = collections.deque(maxlen=64)
+        self.last_peer = ""
         self.counters = SubscriberCounters()
         self.session_info: SessionInfo | None = None
         self.session_id: str | None = None
@@ -806,18 +897,25 @@ class StreamSubscriber:
         """
         deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000.0
         while True:
-            if deadline is None:
-                wait: int | None = None
+            if self._supervised:
+                self._supervise()
+            if self._pending:
+                parts = self._pending.popleft()
             else:
-                wait = max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
-            if not self._socket.poll(wait, POLLIN):
-                if deadline is None or time.monotonic() >= deadline:
-                    return None
-                continue
-            try:
-                parts = self._socket.recv_multipart(NOBLOCK, copy=False)
-            except WouldBlock:
-                continue
+                if deadline is None:
+                    wait: int | None = 200 if self._supervised else None
+                else:
+                    wait = max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
+                    if self._supervised:
+                        wait = min(wait, 200)
+                if not self._socket.poll(wait, POLLIN):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+                    continue
+                try:
+                    parts = self._socket.recv_multipart(NOBLOCK, copy=False)
+                except WouldBlock:
+                    continue
             recv_ns = time.monotonic_ns()
             try:
                 self.counters.bytes_received += sum(memoryview(p).nbytes for p in parts)
@@ -836,7 +934,45 @@ class StreamSubscriber:
             self.counters.received += 1
             self.counters.by_kind[env.kind] = self.counters.by_kind.get(env.kind, 0) + 1
             self.last_recv_ns = recv_ns
+            self.last_peer = peer_of(parts[0]) if env.kind in _CONTROL_KINDS else ""
             return env
+
+    def _supervise(self) -> None:
+        """Read the socket's connection events (at most every 50 ms); rebuild a connecting
+        socket whose connection dropped without ZeroMQ scheduling a reconnect."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return
+        self._next_check = now + 0.05
+        sock = self._socket
+        assert isinstance(sock, ZmqSocket)
+        for name in sock.events():
+            self.link_events.append(name)
+            if name == "DISCONNECTED":
+                self.counters.disconnects += 1
+                self._dropped_at = now
+            elif name.startswith("HANDSHAKE_FAILED"):
+                self.counters.handshake_failures += 1
+                self._dropped_at = now
+            elif name in ("CONNECT_RETRIED", "CONNECTED", "HANDSHAKE_SUCCEEDED", "CONNECT_DELAYED"):
+                self._dropped_at = None  # ZeroMQ is reconnecting by itself
+        if (self._bind or self._dropped_at is None or now - self._dropped_at < 0.3
+                or now - self._last_rebuild < 1.0):
+            return
+        # libzmq gave up on this connection (a protocol error: oversized message, failed
+        # handshake): keep what is already queued, then replace the socket
+        while True:
+            try:
+                self._pending.append(sock.recv_multipart(NOBLOCK, copy=False))
+            except WouldBlock:
+                break
+        assert self._open is not None
+        sock.close(linger=0)
+        self._socket = self._open()
+        self.counters.socket_rebuilds += 1
+        self._dropped_at = None
+        self._last_rebuild = now
+        self.link_events.append("REBUILT")
 
     def drain_events(self) -> list[StreamEvent]:
         """Gap and session-change events since the last call (oldest first)."""

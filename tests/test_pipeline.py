@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from rt_decoder.messages import ActivityFrame, DecodedFrame, FluorescenceFrame, SessionInfo
 from rt_decoder.pipeline import (
@@ -81,7 +82,8 @@ def test_every_stage_has_the_required_methods() -> None:
 
 def test_session_stage_gaps_and_restarts() -> None:
     m = MetricsRecorder(10)
-    st = SessionStage(m, max_gap_frames=5)
+    t = [0.0]
+    st = SessionStage(m, max_gap_frames=5, clock=lambda: t[0])
     info = SessionInfo("s", np.arange(3), 30.0)
 
     def msg(kind: str, seq: int, body: Any) -> Inbound:
@@ -99,8 +101,12 @@ def test_session_stage_gaps_and_restarts() -> None:
     assert st(frame(6, 19)) == []  # index went back
     assert m.counters["frames_missing"] == 18 and m.counters["messages_lost"] == 2
     assert m.malformed["stale_frame_index"] == 1
-    assert st(msg(P.KIND_SESSION_START, 0, info)) == [SessionStarted(info)]  # seq restarted: a new session
+    assert st(msg(P.KIND_SESSION_START, 0, info)) == [SessionStarted(info)]  # seq restarted: a restart
     assert m.counters["session_restarts"] == 1
+    other = SessionInfo("o", np.arange(3), 30.0)
+    assert st(Inbound(P.Envelope(P.KIND_SESSION_START, "o", 0, 0, other), 1, 2)) == []  # another id: refused
+    t[0] = 2.5  # ... until the running session was silent for takeover_after_s
+    assert st(Inbound(P.Envelope(P.KIND_SESSION_START, "o", 0, 0, other), 1, 2)) == [SessionStarted(other)]
 
 
 class SlowStage:
@@ -235,3 +241,99 @@ def test_reconstruction_stage_wraps_stage_errors_and_stamps_recon() -> None:
     assert m.counters["stage_errors"] == 1 and "no ROI" in m.notes["last_stage_error"]
     out = ReconstructionStage(SlowStage(0.0), m)(window)
     assert [n for n, _ in out[0].stamps] == ["deconv", "recon"]  # type: ignore[union-attr]
+
+
+def _session_stage(**kw: Any) -> tuple[SessionStage, MetricsRecorder, Any]:
+    m = MetricsRecorder(10)
+    st = SessionStage(m, max_gap_frames=kw.pop("max_gap_frames", 3000), **kw)
+    info = SessionInfo("s", np.arange(3), 30.0)
+    seq = iter(range(1, 10**6))
+
+    def frame(index: int) -> list[Any]:
+        s = next(seq)
+        body = FluorescenceFrame(s, index, 0, values=np.zeros(3, np.float32))
+        return st(Inbound(P.Envelope(P.KIND_FRAME, "s", s, 0, body), 1, 2))
+
+    st(Inbound(P.Envelope(P.KIND_SESSION_START, "s", 0, 0, info), 1, 2))
+    return st, m, frame
+
+
+def _indices(items: list[Any]) -> list[int]:
+    return [it.frame_index for it in items if isinstance(it, FluorescenceFrame)]
+
+
+@pytest.mark.parametrize("bad", [210, 2**63 - 1, 0])
+def test_one_far_off_frame_index_costs_only_itself(bad: int) -> None:
+    """An index far ahead (or far back) is held; the next frame shows it was an outlier."""
+    st, m, frame = _session_stage()
+    got: list[Any] = []
+    for i in range(100, 140):
+        got += frame(i)
+        if i == 110:
+            got += frame(bad)
+    assert _indices(got) == list(range(100, 140))  # every valid frame went on, in order
+    assert not any(isinstance(g, FrameGap) for g in got)
+    assert m.malformed["frame_index_outlier"] == 1 and m.counters["frames_missing"] == 0
+    assert m.counters["frames_received"] == 40
+
+
+def test_a_confirmed_renumbering_is_a_new_epoch() -> None:
+    st, m, frame = _session_stage(max_gap_frames=100)
+    got: list[Any] = []
+    for i in [*range(0, 10), *range(5000, 5010), *range(3, 6)]:
+        got += frame(i)
+    assert _indices(got) == [*range(0, 10), *range(5000, 5010), *range(3, 6)]
+    gaps = [g for g in got if isinstance(g, FrameGap)]
+    assert [(g.restart, g.frame_index) for g in gaps] == [(True, 5000), (True, 3)]
+    assert m.counters["frame_index_epochs"] == 2 and m.counters["frames_missing"] == 0
+
+
+def test_a_frame_held_at_session_end_goes_on() -> None:
+    st, m, frame = _session_stage()
+    got = frame(0) + frame(1) + frame(500)
+    assert _indices(got) == [0, 1]
+    end = st(Inbound(P.Envelope(P.KIND_SESSION_END, "s", 4, 0, None), 1, 2))
+    assert _indices(end) == [500] and isinstance(end[-1], SessionEnded)
+
+
+def test_huge_sequence_numbers_do_not_overflow_the_counters() -> None:
+    st, m, frame = _session_stage()
+    body = FluorescenceFrame(0, 0, 0, values=np.zeros(3, np.float32))
+    st(Inbound(P.Envelope(P.KIND_FRAME, "s", 2**64 - 1, 0, body), 1, 2))
+    assert m.counters["seq_jumps"] == 1 and m.counters["messages_lost"] == 0
+    import msgpack
+
+    msgpack.packb(m.snapshot())  # the status message packs
+    m.count("messages_lost", 2**64)
+    assert m.counters["messages_lost"] == 2**63 - 1
+    msgpack.packb(m.snapshot())
+
+
+def test_session_control_belongs_to_the_sessions_publisher() -> None:
+    m = MetricsRecorder(10)
+    t = [0.0]
+    st = SessionStage(m, max_gap_frames=100, clock=lambda: t[0])
+    a, b = SessionInfo("a", np.arange(3), 30.0), SessionInfo("b", np.arange(3), 30.0)
+
+    def send(kind: str, sid: str, seq: int, body: Any, peer: str = "") -> list[Any]:
+        return st(Inbound(P.Envelope(kind, sid, seq, 0, body), 1, 2, peer))
+
+    def frame(seq: int, i: int) -> list[Any]:
+        return send(P.KIND_FRAME, "a", seq, FluorescenceFrame(seq, i, 0, values=np.zeros(3, np.float32)))
+
+    assert send(P.KIND_SESSION_START, "a", 0, a, "addr:10.0.0.1") == [SessionStarted(a)]
+    assert _indices(frame(1, 0)) == [0]
+    assert send(P.KIND_SESSION_START, "b", 0, b, "addr:10.0.0.9") == []  # another publisher: refused
+    assert send(P.KIND_SESSION_END, "a", 5000, None) == []  # not continuing a's numbering: refused
+    assert send(P.KIND_SESSION_END, "a", 2, None, "addr:10.0.0.9") == []  # from another peer: refused
+    assert m.counters["session_takeover_refused"] == 1 and m.counters["session_control_refused"] == 2
+    assert _indices(frame(2, 1)) == [1]  # the session goes on
+    t[0] = 1.5
+    assert _indices(frame(3, 2)) == [2]
+    t[0] = 3.0  # a was heard from 1.5 s ago: still running
+    assert send(P.KIND_SESSION_START, "b", 0, b) == []
+    t[0] = 3.6  # silent for 2.1 s: b may take over
+    assert send(P.KIND_SESSION_START, "b", 0, b) == [SessionStarted(b)]
+    out = send(P.KIND_SESSION_END, "b", 1, None)
+    assert isinstance(out[-1], SessionEnded)
+    assert send(P.KIND_SESSION_START, "a", 0, a) == [SessionStarted(a)]  # b ended: a new session at once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgpack
@@ -258,3 +259,41 @@ def test_real_zmq_late_joiner_gets_session_info_from_a_resend() -> None:
             assert sub.session_info is not None and sub.session_info.n_rois == N
             assert sub.counters.frames_before_info <= 31  # within one 1 s resend period at 30 Hz
             assert sub.counters.missing == 0  # the first message seen starts the count
+
+
+def test_a_connecting_subscriber_recovers_after_an_oversized_message() -> None:
+    """libzmq cuts a connection carrying a message over MAXMSGSIZE and never reconnects it;
+    the subscriber notices (no reconnect scheduled), rebuilds its socket and counts it."""
+    from streaming.transport import StreamSubscriber, open_socket
+
+    pub = open_socket("pub", "tcp://127.0.0.1:*", bind=True, options={"LINGER": 0})
+    addr = pub.endpoint
+    sub = StreamSubscriber(addr, max_bytes=2048, zmq_max_bytes=4096)
+    info = SessionInfo("big", np.arange(4), 30.0)
+
+    def send_until_received(p: Any, seq0: int) -> bool:
+        for k in range(100):
+            p.send_multipart(P.encode_session_start(info, seq=seq0 + k, t_ns=1))
+            if sub.recv(50) is not None:
+                return True
+        return False
+
+    try:
+        assert send_until_received(pub, 0)
+        pub.send_multipart([b"\x00" * 10_000])  # over ZeroMQ's limit: the connection is cut
+        deadline = time.monotonic() + 5
+        while sub.counters.disconnects == 0 and time.monotonic() < deadline:
+            sub.recv(50)
+        assert sub.counters.disconnects >= 1
+        pub.close(linger=0)
+        for _ in range(50):  # the publisher restarts (its port is released asynchronously)
+            try:
+                pub = open_socket("pub", addr, bind=True, options={"LINGER": 0})
+                break
+            except ConfigError:
+                time.sleep(0.1)
+        assert send_until_received(pub, 1000), list(sub.link_events)
+        assert sub.counters.socket_rebuilds >= 1
+    finally:
+        pub.close(linger=0)
+        sub.close()
