@@ -210,8 +210,14 @@ def run_chain(stages: Sequence[Stage], items: list[Item]) -> list[Item]:
 
 
 class IntakeStage(PassStage):
-    """Counts every message; frames get the ``rx`` and ``decode`` stamps and go on as frames,
-    other messages go on as they are."""
+    """Counts every message and checks frame values.
+
+    A non-finite value (NaN, +-Inf) in a frame is a missing sample of that ROI: the frame
+    goes on (the deconvolution bridges the sample for that ROI only; activity sessions pass
+    it to the reconstruction as no evidence) and the values are counted in
+    ``nonfinite_values``. A frame with no finite value at all carries nothing: it is
+    dropped as malformed (``nonfinite``).
+    """
 
     name = "intake"
 
@@ -221,7 +227,19 @@ class IntakeStage(PassStage):
     def __call__(self, item: Item) -> list[Item]:
         if not isinstance(item, Inbound):
             return [item]
-        self.counters.count("messages_received")
+        m = self.counters
+        m.count("messages_received")
+        msg = item.message
+        if msg.kind in (KIND_FRAME, KIND_ACTIVITY):
+            values = msg.body.values
+            finite = np.isfinite(values)
+            if not finite.all():
+                n_bad = int(values.size - np.count_nonzero(finite))
+                if n_bad == values.size:
+                    m.count_malformed("nonfinite")
+                    m.notes["last_malformed"] = f"frame {msg.body.frame_index}: no finite value"
+                    return []
+                m.count("nonfinite_values", n_bad)
         return [item]
 
 
@@ -604,6 +622,9 @@ class DeconvStage(PassStage):
             assert self._recent is not None
             self._recent = np.roll(self._recent, -1, axis=0)
             self._recent[-1] = act.values
+            if not np.isfinite(self._recent[-1]).all():  # missing samples: no evidence
+                self._recent[-1] = np.nan_to_num(self._recent[-1], nan=0.0, posinf=0.0, neginf=0.0)
+                act = dataclasses.replace(act, values=self._recent[-1].copy())
             recent = self._recent.copy()
         return [ActivityWindow(act, recent)]
 
@@ -642,9 +663,24 @@ class ReconstructionStage(PassStage):
         self.reconstructor = reconstructor
         self.counters = counters
         self.processed = 0
+        self.refused = ""
 
     def reset(self, info: SessionInfo) -> None:
-        self.reconstructor.reset(info)
+        """New session. A reconstructor that refuses the session (``StageError`` from its
+        ``reset``, e.g. too few of the model's neurons among the ROIs) is not called for it:
+        its activity frames go to the output instead, and the reason is in the notes."""
+        m = self.counters
+        try:
+            self.reconstructor.reset(info)
+            self.refused = ""
+            m.notes.pop("reconstruction_refused", None)
+        except StageError as exc:
+            self.refused = str(exc)
+            m.count("sessions_not_reconstructed")
+            m.notes["reconstruction_refused"] = self.refused[:300]
+        coverage = self.reconstructor.stats().get("recon_roi_coverage")
+        if isinstance(coverage, float):
+            m.notes["roi_coverage"] = f"{coverage:.0%}"
 
     def warmup(self, info: SessionInfo) -> None:
         self.reconstructor.warmup()
@@ -656,6 +692,8 @@ class ReconstructionStage(PassStage):
     def __call__(self, item: Item) -> list[Item]:
         if not isinstance(item, ActivityWindow):
             return [item]
+        if self.refused:
+            return [item.frame.with_stamp("recon")]  # activity still flows
         try:
             outputs = self.reconstructor(item.frame, item.recent)
         except StageError as exc:
@@ -666,6 +704,8 @@ class ReconstructionStage(PassStage):
         return self._stamped(outputs, item.frame.stamps)
 
     def flush(self) -> list[Item]:
+        if self.refused:
+            return []
         try:
             outputs = self.reconstructor.flush()
         except StageError as exc:

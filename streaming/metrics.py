@@ -73,6 +73,11 @@ COUNTER_NAMES: tuple[str, ...] = (
     "stage_errors",          # frames a stage rejected (counted, service continues)
     "deconv_resets",         # frame-index jumps beyond max_gap_frames: deconvolution restarted
     "frames_before_deconv_ready",  # frames of the deconvolution's initial batch (not decoded)
+    "nonfinite_values",      # NaN/Inf values in frames (missing samples of those ROIs; the frame goes on)
+    "frame_index_epochs",    # confirmed renumberings of the frame index (deconvolution restarted)
+    "session_takeover_refused",  # session_start of another session/publisher while one runs
+    "session_control_refused",  # session_end not from the running session's publisher
+    "sessions_not_reconstructed",  # sessions the reconstruction refused (activity published instead)
     "seq_jumps",             # sequence numbers that jumped too far to be losses (a new numbering)
     "input_disconnects",     # input connections that dropped (peer gone, or an oversized message cut)
     "input_handshake_failures",  # input peers refused in the handshake (CURVE: wrong or no key)
@@ -205,7 +210,14 @@ class MetricsRecorder:
         fps = (c["frames_published"] - n_prev) / max(now - t_prev, 1e-9)
         self._last_rate = (now, c["frames_published"])
         lat = self.latency_summary()
-        return (f"[{self.state}] sid={self.session_id or '-'} rx={c['frames_received']} "
+        extra = ""
+        if "roi_coverage" in self.notes:
+            extra += f" roi_coverage={self.notes['roi_coverage']}"
+        if "reconstruction_refused" in self.notes:
+            extra += " NOT RECONSTRUCTED"
+        if self.notes.get("real_time") == "no":
+            extra += " NOT REAL TIME"
+        return (f"[{self.state}]{extra} sid={self.session_id or '-'} rx={c['frames_received']} "
                 f"out={c['frames_published']} ({fps:.1f}/s) lost={c['messages_lost']} "
                 f"missing={c['frames_missing']} skips={c['skipped_frames']} malformed={bad} "
                 f"overflow={c['intake_overflow']} rec_drop={c['recorder_dropped']} | "

@@ -235,6 +235,9 @@ def test_malformed_messages_are_counted_and_no_valid_frame_is_lost(tmp_path: Pat
     n_bad = 0
     try:
         src.handshake(run)
+        src.frame(99, np.full(info.n_rois, np.nan, np.float32))  # no finite value at all: dropped
+        src.frame(98, np.full(info.n_rois, np.inf, np.float32))
+        n_bad += 2
         for i in range(30):
             if i % 3 == 0:
                 for _, parts in _malformed_variants(info, src.seq):
@@ -242,7 +245,7 @@ def test_malformed_messages_are_counted_and_no_valid_frame_is_lost(tmp_path: Pat
                     n_bad += 1
             values = np.full(info.n_rois, float(i), np.float32)
             if i == 7:
-                values[[2, 5]] = np.nan  # per-ROI missing values: allowed, passed on
+                values[[2, 5]] = np.nan  # per-ROI missing values: allowed, passed on, counted
             src.frame(i, values)
             if i == 11:  # a valid message of the wrong length for this session
                 src.raw(P.encode_activity(ActivityFrame(src.seq, 99, 1, values=np.zeros(5, np.float32)), "s1"))
@@ -260,6 +263,7 @@ def test_malformed_messages_are_counted_and_no_valid_frame_is_lost(tmp_path: Pat
     assert sum(m.values()) == n_bad
     assert m["bad_version"] == 10 and m["too_large"] == 10 and m["n_rois_mismatch"] == 1
     assert m["bad_buffers"] == 20  # truncated multipart + wrong byte count
+    assert m["nonfinite"] == 2 and run.counters["nonfinite_values"] == 2
     assert run.counters["frames_published"] == 30
 
 
