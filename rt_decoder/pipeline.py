@@ -147,6 +147,8 @@ class Counters(Protocol):
 
     def record_frame(self, stamps: tuple[tuple[str, int], ...], acq_ns: int) -> None: ...
 
+    def record_frame_path(self, ms: float) -> None: ...
+
 
 @runtime_checkable
 class Stage(Protocol):
@@ -610,6 +612,9 @@ class DeconvStage(PassStage):
                 m.notes["last_stage_error"] = str(exc)[:200]
                 return []
         m.count("frames_processed")
+        rx, ready = act.stamp("rx"), act.stamp("deconv")
+        if rx is not None and ready is not None:
+            m.record_frame_path((ready - rx) / 1e6)
         if not self.window_frames:
             return [act]
         if self.deconv is not None and not self.deconv.ready:
@@ -885,6 +890,7 @@ class Runner:
         self.intake: queue.Queue[Any] = queue.Queue(maxsize=intake_queue_frames)
         self.handoff = LatestHandoff()
         self.skipped = 0
+        self.submitted = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._fatal = False
@@ -948,6 +954,7 @@ class Runner:
             return
         for it in out:
             if isinstance(it, ActivityWindow):
+                self.submitted += 1
                 if self.handoff.put(it):
                     self.skipped += 1
                     self.counters.count("skipped_frames")

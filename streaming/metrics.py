@@ -77,6 +77,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "frame_index_epochs",    # confirmed renumberings of the frame index (deconvolution restarted)
     "session_takeover_refused",  # session_start of another session/publisher while one runs
     "session_control_refused",  # session_end not from the running session's publisher
+    "not_real_time_events",  # times the service judged itself not real time (see notes.real_time_reason)
     "sessions_not_reconstructed",  # sessions the reconstruction refused (activity published instead)
     "seq_jumps",             # sequence numbers that jumped too far to be losses (a new numbering)
     "input_disconnects",     # input connections that dropped (peer gone, or an oversized message cut)
@@ -126,6 +127,8 @@ class MetricsRecorder:
         self._t0 = clock()
         self._lat = np.full((max_samples, len(_SPANS)), np.nan, dtype=np.float64)
         self._n = 0
+        self._fp = np.full(max_samples, np.nan, dtype=np.float64)  # frame path (ms), every frame
+        self._n_fp = 0
         self.counters: Counter[str] = Counter({name: 0 for name in COUNTER_NAMES})
         self.malformed: Counter[str] = Counter()
         self.state = "STARTING"
@@ -151,7 +154,28 @@ class MetricsRecorder:
             self._lat[self._n % self._lat.shape[0]] = row
             self._n += 1
 
+    def record_frame_path(self, ms: float) -> None:
+        """Record one frame's frame-path latency: received -> activity ready (``deconv - rx``),
+        for every frame, decoded or not."""
+        with self._lock:
+            self._fp[self._n_fp % self._fp.shape[0]] = ms
+            self._n_fp += 1
+
     # ------------------------------------------------------------------ reading
+    def recent_frame_path_ms(self, n: int) -> np.ndarray:
+        """The last ``n`` frame-path latencies (ms), oldest first."""
+        with self._lock:
+            k = min(self._n_fp, self._fp.shape[0], n)
+            idx = (self._n_fp - k + np.arange(k)) % self._fp.shape[0]
+            return self._fp[idx].copy()
+
+    def recent_latencies(self, n: int) -> np.ndarray:
+        """The last ``n`` published frames' latency rows (ms), oldest first."""
+        with self._lock:
+            k = min(self._n, self._lat.shape[0], n)
+            idx = (self._n - k + np.arange(k)) % self._lat.shape[0]
+            return self._lat[idx].copy()
+
     def latencies(self) -> np.ndarray:
         """(K, len(LATENCY_COLUMNS)) float64 ms of the frames kept (oldest first not guaranteed)."""
         with self._lock:
@@ -165,6 +189,9 @@ class MetricsRecorder:
         for i, name in enumerate(LATENCY_COLUMNS):
             col = lat[:, i]
             out[name] = percentiles(col[np.isfinite(col)])
+        with self._lock:
+            fp = self._fp[:min(self._n_fp, self._fp.shape[0])].copy()
+        out["frame_path"] = percentiles(fp[np.isfinite(fp)])
         return out
 
     def histograms(self) -> dict[str, list[int]]:

@@ -160,6 +160,9 @@ class DecoderService:
         self._fatal: str | None = None
         self._synced: dict[str, int] = {}
         self._sync_lock = threading.Lock()
+        self.real_time = True
+        self.real_time_reason = ""
+        self._rt_last = (0, 0)
 
     # ---------------------------------------------------------------- lifecycle
     @property
@@ -198,9 +201,52 @@ class DecoderService:
         reconstruction's own counters under ``reconstruction``."""
         self._sync_counters()
         snap = self.metrics.snapshot()
+        snap["real_time"] = self.real_time
+        snap["real_time_reason"] = self.real_time_reason
         if self.recon_stage is not None:
             snap["reconstruction"] = self.recon_stage.stats()
         return snap
+
+    def check_real_time(self) -> bool:
+        """Judge the last seconds (called about once a second): the frame path must keep up
+        (median receive -> activity within one frame period, no backlog before it), and the
+        reconstruction must not skip more than a quarter of the frames or lag by more than two
+        frame periods. Sets ``real_time``/``real_time_reason`` (status message, status line)."""
+        info, runner = self.info, self.runner
+        why: list[str] = []
+        if info is not None and runner is not None and self.state == State.RUNNING:
+            period_ms = 1000.0 / info.frame_rate_hz
+            n = max(int(3 * info.frame_rate_hz), 10)
+            fp = self.metrics.recent_frame_path_ms(n)
+            fp = fp[np.isfinite(fp)]
+            if fp.size >= 5 and float(np.median(fp)) > period_ms:
+                why.append(f"frame path median {float(np.median(fp)):.0f} ms > one frame period ({period_ms:.0f} ms)")
+            backlog = runner.intake.qsize()
+            if backlog > info.frame_rate_hz:
+                why.append(f"{backlog} messages queued before the frame path")
+            submitted, skipped = runner.submitted, runner.skipped
+            d_sub, d_skip = submitted - self._rt_last[0], skipped - self._rt_last[1]
+            self._rt_last = (submitted, skipped)
+            if d_sub >= 5 and d_skip > 0.25 * d_sub:
+                why.append(f"the reconstruction skipped {d_skip} of {d_sub} frames in the last second")
+            if self.recon_stage is not None:
+                from streaming.metrics import LATENCY_COLUMNS
+
+                lat = self.metrics.recent_latencies(n)[:, LATENCY_COLUMNS.index("service")]
+                lat = lat[np.isfinite(lat)]
+                if lat.size >= 5 and float(np.median(lat)) > 2 * period_ms:
+                    why.append(f"decoded frames leave {float(np.median(lat)):.0f} ms after their newest frame "
+                               f"arrived (> two frame periods)")
+        ok = not why
+        if ok != self.real_time:
+            self.log(f"rt-decoder serve: {'real time again' if ok else 'NOT REAL TIME: ' + '; '.join(why)}")
+            if not ok:
+                self.metrics.count("not_real_time_events")
+        self.real_time, self.real_time_reason = ok, "; ".join(why)
+        self.metrics.notes["real_time"] = "yes" if ok else "no"
+        if why:
+            self.metrics.notes["real_time_reason"] = self.real_time_reason
+        return ok
 
     def _publish_status(self) -> None:
         if self.status is None:
@@ -314,7 +360,7 @@ class DecoderService:
             self._close_streams()
             raise
         cfg = self.config
-        t_last_status = t_last_line = time.monotonic()
+        t_last_status = t_last_line = t_last_rt = time.monotonic()
         t_running: float | None = None
         while not self._stop_requested.is_set():
             self._stop_requested.wait(0.05)
@@ -324,6 +370,9 @@ class DecoderService:
                 t_running = now
             assert self.output is not None
             self.output.heartbeat_if_idle()
+            if now - t_last_rt >= 1.0:
+                self.check_real_time()
+                t_last_rt = now
             if now - t_last_status >= cfg.status.publish_every_s:
                 self._publish_status()
                 t_last_status = now
