@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["DEPRECATED_ATTR", "deprecated_alias", "deprecation_epilog", "group", "rewrite_to_connect", "warn_deprecated"]
+__all__ = ["DEPRECATED_ATTR", "deprecated_alias", "deprecation_epilog", "group", "note_deprecated", "rewrite_to_connect", "warn_deprecated"]
 
 #: attribute of an argparse parser holding its deprecated spellings as (old, new) pairs
 DEPRECATED_ATTR = "_rt_deprecated"
@@ -56,7 +56,7 @@ class _DeprecatedAction(argparse.Action):
 
 def deprecated_alias(parser: argparse.ArgumentParser | Any, old: str, new: str, *, dest: str,
                      type: Callable[[str], Any] | None = None, flag: bool = False, metavar: str | None = None,
-                     const: Any = True) -> None:
+                     const: Any = True, choices: Sequence[Any] | None = None) -> None:
     """Accept ``old`` as a deprecated spelling of ``new`` (same ``dest``), hidden from ``--help``.
 
     Parameters
@@ -73,12 +73,19 @@ def deprecated_alias(parser: argparse.ArgumentParser | Any, old: str, new: str, 
         The old spelling takes no value; it stores ``const``.
     metavar : str, optional
         Shown in error messages.
+    choices : sequence, optional
+        The allowed values (as the new flag's).
     const : Any
         Stored by a ``flag`` (default True).
     """
-    kwargs: dict[str, Any] = {"nargs": 0, "const": const} if flag else {"type": type, "metavar": metavar}
+    kwargs: dict[str, Any] = {"nargs": 0, "const": const} if flag else {"type": type, "metavar": metavar, "choices": choices}
     parser.add_argument(old, dest=dest, action=_DeprecatedAction, new=new, default=argparse.SUPPRESS,
                         help=argparse.SUPPRESS, **kwargs)
+    note_deprecated(parser, old, new)
+
+
+def note_deprecated(parser: argparse.ArgumentParser | Any, old: str, new: str) -> None:
+    """List ``old -> new`` in ``parser``'s epilog (for spellings handled outside argparse)."""
     owner = getattr(parser, "_rt_owner", parser)
     pairs = getattr(owner, DEPRECATED_ATTR, None)
     if pairs is None:

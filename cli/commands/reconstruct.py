@@ -16,9 +16,14 @@ from typing import Any
 
 HELP = "Reconstruct dataset trials offline with the published protocol (ensemble, windows, blur)."
 
+EPILOG = """examples:
+  rt-decoder reconstruct --model rt_decoder/models/demo --data data/heldout --out recon --max-trials 2
+  rt-decoder reconstruct --model models/sim --data data/sim --tier final_test_main --out recon --published
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (rt-decoder train / the shipped demo)")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (rt-decoder train / the shipped demo)")
     p.add_argument("--data", required=True, help="Sensorium-layout dataset folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--trials", default="", help="comma-separated trial ids (default: the --tier trials)")

@@ -18,6 +18,11 @@ from pathlib import Path
 
 HELP = "simulate a virtual-rig session and write it as a Sensorium-layout dataset"
 
+EPILOG = """examples:
+  rt-decoder simulate --out data/sim --neurons 1000 --trials 20
+  rt-decoder simulate --out data/heldout --trials 2 --first-trial 300 --no-progress --overwrite
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (the dataset's animal folder)")
