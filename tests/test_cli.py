@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rt_decoder import cli
+import cli.main as cli
 
 
 def test_top_level_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
@@ -28,6 +28,6 @@ def test_runtime_cli_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys; import rt_decoder.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    code = "import sys; import cli.main as c; c.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

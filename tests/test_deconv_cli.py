@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_decoder.cli import main
+from cli.main import main
 from rt_decoder.deconv import DeconvSettings, deconvolve_array
 
 FS = 30.0

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_decoder.commands.rig import DeadlinePacer, trial_plan
+from bindings.virtual_rig import DeadlinePacer, trial_plan
 from rt_decoder.errors import ConfigError
 from rt_decoder.io.session_file import read_session
 from rt_decoder.messages import FluorescenceFrame, SessionInfo
@@ -20,7 +20,7 @@ from streaming import protocol as P
 from streaming.transport import StreamSubscriber
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "rt_decoder.cli"]
+CLI = [sys.executable, "-m", "cli"]
 N, FRAMES, SEED = 24, 40, 3
 
 

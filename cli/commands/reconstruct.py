@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         check_target(args.nwb, overwrite=args.overwrite, kind="file")
         require_pynwb()
     if args.backend == "torch":
-        from rt_decoder.commands.train import require_torch
+        from cli.commands.train import require_torch
 
         require_torch("--backend torch")
     ds = load_dataset(args.data)
