@@ -398,7 +398,8 @@ def run_rig_stream(settings: RigStreamSettings, *, bind: str | None = None, conn
         meta, ids, centres = worker.info()
         info = SessionInfo(session_id=sid, roi_ids=ids, frame_rate_hz=s.frame_rate_hz, plane=0,
                            roi_centres_px=centres, stimulus_shape=(36, 64), is_activity=False, source="virtual-rig")
-        address = bind or connect
+        address = bind if bind is not None else connect
+        assert address is not None
         pub = StreamPublisher(address, info, bind=bind is not None, resend_info_every_s=s.resend_info_every_s,
                               allow_remote=s.allow_non_loopback, info_ext={"x-clock": "monotonic"}, context=ctx)
         say(f"rig: publishing on {pub.address} (session {sid}, {info.n_rois} ROIs, {s.frame_rate_hz:g} Hz, "

@@ -128,3 +128,16 @@ def test_trial_plans() -> None:
     for bad in ("a,b", "-1", ","):
         with pytest.raises(ConfigError, match="trials"):
             trial_plan(bad, False, 20)
+
+
+def test_rig_stream_settings_are_validated_at_construction() -> None:
+    from bindings.virtual_rig import RigStreamSettings, run_rig_stream
+
+    assert RigStreamSettings().frame_rate_hz == 30.0
+    for bad, match in (({"frames": -1}, "--frames"), ({"neurons": 0}, "--neurons"),
+                       ({"frame_rate_hz": 0.0}, "--fs"), ({"trials": "x"}, "trials"),
+                       ({"trials": "1", "heldout": True}, "exclude")):
+        with pytest.raises(ConfigError, match=match):
+            RigStreamSettings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_rig_stream(RigStreamSettings(), bind="tcp://127.0.0.1:*", connect="tcp://127.0.0.1:1")
