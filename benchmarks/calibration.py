@@ -126,7 +126,7 @@ def rig_speed(n_neurons: int, repeats: int) -> dict[str, Any]:
 def simulate_speed(n_neurons: int, n_trials: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rtdec-sim-") as tmp:
         out = Path(tmp) / "ds"
-        cmd = [sys.executable, "-m", "rt_decoder.cli", "simulate", "--out", str(out), "--neurons", str(n_neurons),
+        cmd = [sys.executable, "-m", "cli", "simulate", "--out", str(out), "--neurons", str(n_neurons),
                "--trials", str(n_trials), "--seed", "0", "--no-progress"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)

@@ -51,7 +51,7 @@ def _free_port() -> int:
 
 
 def _cli() -> list[str]:
-    return [sys.executable, "-m", "rt_decoder.cli"]
+    return [sys.executable, "-m", "cli"]
 
 
 def _children_cpu_s() -> float:

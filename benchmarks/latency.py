@@ -177,7 +177,7 @@ enabled = false
     sink.setsockopt(zmq.SUBSCRIBE, b"")
     sink.rcvhwm = 1_000_000
     sink.connect(out_addr)
-    srv = subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", "serve", "--config", str(cfg)],
+    srv = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(cfg)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     src = _spawn_source(src_addr, n, rate_hz, frames, tag, 1.0)
     rows: list[list[int]] = []

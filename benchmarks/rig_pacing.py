@@ -41,10 +41,10 @@ def run_case(neurons: int, rate_hz: float, seconds: float, realtime: bool, tmp: 
     frames = int(round(seconds * rate_hz))
     rig_json, sub_json = tmp / f"rig-{realtime}.json", tmp / f"sub-{realtime}.json"
     rt = ["--realtime"] if realtime else []
-    cli = [sys.executable, "-m", "rt_decoder.cli"]
+    cli = [sys.executable, "-m", "cli"]
     rig = subprocess.Popen(cli + ["rig", "--bind", "tcp://127.0.0.1:*", "--neurons", str(neurons), "--frames",
-                                  str(frames), "--rate-hz", str(rate_hz), "--wait-subscribers", "1",
-                                  "--report-every-s", "0", "--json-out", str(rig_json), *rt],
+                                  str(frames), "--fs", str(rate_hz), "--wait-subscribers", "1",
+                                  "--report-every-s", "0", "--summary-json", str(rig_json), *rt],
                            stdout=subprocess.PIPE, text=True)
     assert rig.stdout is not None
     address = None
@@ -59,7 +59,7 @@ def run_case(neurons: int, rate_hz: float, seconds: float, realtime: bool, tmp: 
         rig.wait()
         raise SystemExit(f"rig did not start: {notes}")
     sub = subprocess.Popen(cli + ["listen", "--connect", address, "--frames", str(frames), "--timeout-s",
-                                  str(seconds * 3 + 120), "--report-every-s", "0", "--quiet", "--json-out",
+                                  str(seconds * 3 + 120), "--report-every-s", "0", "--quiet", "--summary-json",
                                   str(sub_json), *rt], stdout=subprocess.DEVNULL)
     rc_sub = sub.wait()
     rest = rig.stdout.read()

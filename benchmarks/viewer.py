@@ -158,11 +158,11 @@ def run_case(case: str, seconds: float, warmup_s: float, neurons: int, rate_hz: 
             cfg.write_text(f'[input]\naddress = "{stim_addr}"\nbind = false\n[output]\naddress = "{out_addr}"\n'
                            f'[status]\naddress = "{status_addr}"\npublish_every_s = 0.5\nstatus_line_every_s = 0\n'
                            f'[deconv]\ninit_frames = 100\n[reconstruction]\nenabled = true\nmodel_dir = "{model}"\n')
-            serve = _start(["rt_decoder.cli", "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
+            serve = _start(["cli", "serve", "--config", str(cfg)], stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT)
             procs.append(serve)
             _wait_line(serve, "READY", 300)
-        view = _start(["rt_decoder.cli", "view", "--decoded", out_addr, "--status", status_addr, "--stimulus",
+        view = _start(["cli", "view", "--decoded", out_addr, "--status", status_addr, "--stimulus",
                        stim_addr, "--bind", "127.0.0.1:0"]
                       + (["--eval-mask", str(REPO / "rt_decoder/models/demo/alpha.npz")] if case == "serve" else []),
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -170,8 +170,8 @@ def run_case(case: str, seconds: float, warmup_s: float, neurons: int, rate_hz: 
         url = _wait_line(view, "serving http", 60).split("serving ", 1)[1].split(" ", 1)[0]
         if case == "serve":
             frames = int((warmup_s + seconds + 10) * rate_hz) + 100 + 15
-            procs.append(_start(["rt_decoder.cli", "rig", "--bind", stim_addr, "--neurons", str(neurons),
-                                 "--heldout", "--n-trials", "30", "--frames", str(frames), "--rate-hz", str(rate_hz),
+            procs.append(_start(["cli", "rig", "--bind", stim_addr, "--neurons", str(neurons),
+                                 "--heldout", "--n-trials", "30", "--frames", str(frames), "--fs", str(rate_hz),
                                  "--wait-subscribers", "2", "--wait-timeout-s", "60", "--quiet"],
                                 stdout=subprocess.DEVNULL))
         with sync_playwright() as pw:

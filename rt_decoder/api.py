@@ -115,10 +115,10 @@ def simulate(out: str | Path, *, neurons: int = 8000, trials: int | Sequence[int
     """
     from tqdm import tqdm
 
-    from rt_decoder.commands.simulate import _responses_fn
     from rt_decoder.io.safe import check_target
     from rt_decoder.io.sensorium import assign_tiers, load_dataset, write_dataset
     from rt_decoder.sim import RigConfig, VirtualRig
+    from rt_decoder.sim.responses import responses_function
 
     check_target(out, overwrite=overwrite, flag="overwrite=True")
     ids = list(range(int(trials))) if isinstance(trials, (int, np.integer)) else [int(t) for t in trials]
@@ -132,7 +132,7 @@ def simulate(out: str | Path, *, neurons: int = 8000, trials: int | Sequence[int
     rig = VirtualRig(config)
     gen = tqdm((rig.trial(i) for i in ids), total=len(ids), desc="simulate", unit="trial", disable=not progress)
     write_dataset(out, gen, roi_ids=rig.roi_ids, roi_centres_px=rig.roi_centres_px, tiers=tier_list,
-                  responses_fn=_responses_fn(responses), frame_rate_hz=config.frame_rate_hz,
+                  responses_fn=responses_function(responses), frame_rate_hz=config.frame_rate_hz,
                   cell_motor_coordinates_um=rig.cell_motor_coordinates_um, neuron_params=rig.neuron_params,
                   extra_meta={"rig_config": config.to_dict(), "source": "virtual-rig", "trial_ids": ids},
                   overwrite=overwrite)

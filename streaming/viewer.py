@@ -877,7 +877,7 @@ def start_viewer_process(config: Any, bind: str, *, timeout_s: float = 30.0) -> 
     ConfigError
         The viewer did not start (its message is included).
     """
-    argv = [sys.executable, "-m", "rt_decoder.cli", "view", "--decoded", connect_address(config.output.address),
+    argv = [sys.executable, "-m", "cli", "view", "--decoded", connect_address(config.output.address),
             "--bind", bind, "--exit-with-parent"]
     if config.status.address:
         argv += ["--status", connect_address(config.status.address)]

@@ -333,8 +333,8 @@ def test_cli_streams_raw_frames_to_a_subscriber(suite2p_run: dict) -> None:
         with CollectingSubscriber() as sub:
             env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
             proc = subprocess.Popen(
-                [sys.executable, "-m", "rt_decoder.cli", "suite2p-live", str(plane_dir),
-                 "--frames", f"tcp://127.0.0.1:{raw_port}", "--to", sub.address, "--connect",
+                [sys.executable, "-m", "cli", "suite2p-live", str(plane_dir),
+                 "--raw-frames", f"tcp://127.0.0.1:{raw_port}", "--connect", sub.address,
                  "--wait-subscribers", "1", "--session-id", "live-test", "--idle-timeout-s", "60"],
                 cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:

@@ -96,7 +96,7 @@ def test_replace_updates_one_field() -> None:
 
 
 def test_serve_print_default_config(capsys: pytest.CaptureFixture[str]) -> None:
-    from rt_decoder.commands import serve
+    from cli.commands import serve
 
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_decoder.cli import main
+from cli.main import main
 from rt_decoder.deconv import DeconvSettings, deconvolve_array
 
 FS = 30.0
@@ -33,7 +33,7 @@ def test_plain_npy_roi_major(tmp_path: Path) -> None:
     np.testing.assert_array_equal(got, deconvolve_array(F, FS))
     assert np.count_nonzero(got) > 20
     assert main(["deconvolve", str(tmp_path / "f.npy"), "--fs", "30", "--out", str(out), "--roi-major",
-                 "--model", "ar2", "--lag-frames", "2", "--overwrite"]) == 0
+                 "--calcium-model", "ar2", "--lag-frames", "2", "--overwrite"]) == 0
     np.testing.assert_array_equal(np.load(out), deconvolve_array(F, FS, DeconvSettings(model="ar2", lag_frames=2)).T)
 
 
@@ -91,7 +91,7 @@ def test_indicator_and_auto_model_options(tmp_path: Path) -> None:
     F = fluorescence(360, 5, seed=4)
     np.save(tmp_path / "f.npy", F.T)
     out = tmp_path / "act.npy"
-    assert main(["deconvolve", str(tmp_path / "f.npy"), "--fs", "30", "--out", str(out), "--model", "auto",
+    assert main(["deconvolve", str(tmp_path / "f.npy"), "--fs", "30", "--out", str(out), "--calcium-model", "auto",
                  "--indicator", "gcamp8f"]) == 0
     np.testing.assert_array_equal(np.load(out), deconvolve_array(F, FS, DeconvSettings(indicator="gcamp8f")))
     assert not np.array_equal(np.load(out), deconvolve_array(F, FS, DeconvSettings(indicator="gcamp6s")))

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from rt_decoder.commands.demo import _toml, reconstruction_table
+from cli.commands.demo import _toml, reconstruction_table
 from streaming.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "rt_decoder.cli", "demo", "--neurons", "300", "--deconv-init-frames", "30"]
+CLI = [sys.executable, "-m", "cli", "demo", "--neurons", "300", "--deconv-init-frames", "30"]
 
 
 def test_generated_config_is_valid_toml_for_the_service(tmp_path: Path) -> None:
@@ -147,7 +147,7 @@ def test_reconstruction_table_fills_the_model_field_when_the_service_has_the_sec
     import dataclasses
 
     import streaming.config as C
-    from rt_decoder.commands.demo import model_dataset_trials
+    from cli.commands.demo import model_dataset_trials
 
     @dataclasses.dataclass(frozen=True)
     class Recon:
@@ -183,7 +183,7 @@ def test_demo_with_the_shipped_model_decodes_the_true_stimulus(tmp_path: Path) -
     if not (model / "manifest.json").is_file():
         pytest.skip("the shipped demo model is missing (make models)")
     out = tmp_path / "demo-out"
-    proc = subprocess.run([sys.executable, "-m", "rt_decoder.cli", "demo", "--frames", "400", "--deconv-init-frames",
+    proc = subprocess.run([sys.executable, "-m", "cli", "demo", "--frames", "400", "--deconv-init-frames",
                            "100", "--out", str(out), "--timeout-s", "240"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     text = proc.stdout + proc.stderr

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rt_decoder.cli import main  # noqa: E402
+from cli.main import main  # noqa: E402
 from rt_decoder.encoder import BackendSettings, load_model, open_backend  # noqa: E402
 from rt_decoder.encoder.config import ArchConfig, TrainConfig  # noqa: E402
 from rt_decoder.encoder.train import load_split, train_member  # noqa: E402

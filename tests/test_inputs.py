@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_decoder.cli import main
+from cli.main import main
 from rt_decoder.errors import DataFormatError, InputWarning
 from rt_decoder.io.inputs import load_npy, load_suite2p, orient_rois_by_frames
 

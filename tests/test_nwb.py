@@ -10,7 +10,7 @@ import pytest
 
 pynwb = pytest.importorskip("pynwb")
 
-from rt_decoder.cli import main  # noqa: E402
+from cli.main import main  # noqa: E402
 from rt_decoder.sim import RigConfig, VirtualRig  # noqa: E402
 
 N = 30

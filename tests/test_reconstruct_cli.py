@@ -12,7 +12,7 @@ import pytest
 
 from rt_decoder.encoder.synthetic import write_random_model
 
-CLI = [sys.executable, "-m", "rt_decoder.cli"]
+CLI = [sys.executable, "-m", "cli"]
 
 
 @pytest.fixture(scope="module")

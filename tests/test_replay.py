@@ -266,7 +266,7 @@ def test_replay_cli_streams_a_suite2p_folder_to_a_subscriber(tmp_path: Path) -> 
     # a bound SUB only sends its subscription while its thread uses the socket: receive
     # while the replay runs (as the service's receiver thread does)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rt_decoder.cli", "replay", str(tmp_path / "s2p"), "--to", addr, "--connect",
+        [sys.executable, "-m", "cli", "replay", str(tmp_path / "s2p"), "--connect", addr,
          "--fs", "30", "--speed", "0", "--wait-s", "30"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     envs = []
@@ -349,7 +349,7 @@ def test_replay_publishes_the_stimulus_and_the_sink_scores_it(tmp_path: Path) ->
 
 
 def test_suite2p_roi_ids_and_the_model_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from rt_decoder.cli import main
+    from cli.main import main
     from rt_decoder.encoder.synthetic import write_random_model
     from streaming.replay import check_model_coverage
 
@@ -363,7 +363,7 @@ def test_suite2p_roi_ids_and_the_model_check(tmp_path: Path, capsys: pytest.Capt
     with pytest.raises(DataFormatError, match="2 ROI ids for 6 ROIs"):
         open_source(tmp_path / "s2p", fs=30.0, roi_ids_file=tmp_path / "short.npy")
     # without the ids the ROIs are 0..N-1: the model's neurons are not there, and replay says so
-    argv = ["replay", str(tmp_path / "s2p"), "--fs", "30", "--model", str(model), "--to", "tcp://127.0.0.1:1",
+    argv = ["replay", str(tmp_path / "s2p"), "--fs", "30", "--model", str(model), "--bind", "tcp://127.0.0.1:1",
             "--wait-s", "0"]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -375,7 +375,7 @@ def test_replay_banner_counts_sensorium_frames_and_trials(tmp_path: Path) -> Non
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
-    proc = subprocess.run([sys.executable, "-m", "rt_decoder.cli", "replay", str(tmp_path / "ds"), "--to", addr,
+    proc = subprocess.run([sys.executable, "-m", "cli", "replay", str(tmp_path / "ds"), "--bind", addr,
                            "--speed", "0", "--wait-s", "0", "--tier", "train"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -397,7 +397,7 @@ def test_replayed_sensorium_session_is_scored_by_the_sink(tmp_path: Path) -> Non
         s.bind(("127.0.0.1", 0))
         addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     sub = StreamSubscriber(addr)
-    proc = subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", "replay", str(tmp_path / "ds"), "--to", addr,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "replay", str(tmp_path / "ds"), "--bind", addr,
                              "--trials", "1,2", "--speed", "0", "--wait-s", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     c = SinkCollector(SinkSettings(skip_frames=0, timeout_s=120.0))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_decoder.commands.rig import DeadlinePacer, trial_plan
+from bindings.virtual_rig import DeadlinePacer, trial_plan
 from rt_decoder.errors import ConfigError
 from rt_decoder.io.session_file import read_session
 from rt_decoder.messages import FluorescenceFrame, SessionInfo
@@ -20,7 +20,7 @@ from streaming import protocol as P
 from streaming.transport import StreamSubscriber
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "rt_decoder.cli"]
+CLI = [sys.executable, "-m", "cli"]
 N, FRAMES, SEED = 24, 40, 3
 
 
@@ -128,3 +128,16 @@ def test_trial_plans() -> None:
     for bad in ("a,b", "-1", ","):
         with pytest.raises(ConfigError, match="trials"):
             trial_plan(bad, False, 20)
+
+
+def test_rig_stream_settings_are_validated_at_construction() -> None:
+    from bindings.virtual_rig import RigStreamSettings, run_rig_stream
+
+    assert RigStreamSettings().frame_rate_hz == 30.0
+    for bad, match in (({"frames": -1}, "--frames"), ({"neurons": 0}, "--neurons"),
+                       ({"frame_rate_hz": 0.0}, "--fs"), ({"trials": "x"}, "trials"),
+                       ({"trials": "1", "heldout": True}, "exclude")):
+        with pytest.raises(ConfigError, match=match):
+            RigStreamSettings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="exactly one"):
+        run_rig_stream(RigStreamSettings(), bind="tcp://127.0.0.1:*", connect="tcp://127.0.0.1:1")

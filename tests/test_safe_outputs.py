@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_decoder.cli import main
+from cli.main import main
 from rt_decoder.errors import ConfigError, DataFormatError, ModelError
 from rt_decoder.io.safe import INCOMPLETE_MARKER, atomic_dir, atomic_file, atomic_files, check_target
 from rt_decoder.io.sensorium import load_dataset, write_dataset
@@ -39,7 +39,7 @@ def wait_for(cond, what: str, proc: subprocess.Popen | None = None) -> None:  # 
 
 def cli(*args: str) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    return subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -366,7 +366,7 @@ def test_a_recording_whose_writer_was_killed_is_refused_unless_allowed(tmp_path:
     assert session_path(tmp_path, "killed") == tmp_path / "killed-1.h5"  # a new session never overwrites it
     for argv in (["deconvolve", str(path), "--out", str(tmp_path / "a.npy")],
                  ["to-nwb", str(path), "--out", str(tmp_path / "a.nwb")],
-                 ["replay", str(path), "--to", "tcp://127.0.0.1:1", "--wait-s", "0"]):
+                 ["replay", str(path), "--bind", "tcp://127.0.0.1:1", "--wait-s", "0"]):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "an incomplete recording" in err and "--allow-incomplete" in err, err
@@ -394,7 +394,7 @@ def test_ctrl_c_closes_a_recording_cleanly_and_it_converts(tmp_path: Path) -> No
         s.bind(("127.0.0.1", 0))
         addr = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     rec = tmp_path / "live.h5"
-    proc = cli("rig", "--bind", addr, "--neurons", "40", "--rate-hz", "200", "--frames", "0", "--record", str(rec),
+    proc = cli("rig", "--bind", addr, "--neurons", "40", "--fs", "200", "--frames", "0", "--record", str(rec),
                "--session-id", "live", "--quiet")
 
     def some_frames() -> bool:

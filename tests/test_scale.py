@@ -24,7 +24,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from rt_decoder.cli import main
+from cli.main import main
 from rt_decoder.encoder import load_model
 from rt_decoder.errors import BackendUnavailableError, ModelError
 
@@ -184,7 +184,7 @@ def test_a_worker_killed_mid_task_is_retried_and_the_run_completes(cluster: str,
 
 def test_ctrl_c_leaves_only_complete_outputs(cluster: str, tiny: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "rt_decoder.cli", "reconstruct", "--model", str(tiny["model"]), "--data",
+    cmd = [sys.executable, "-m", "cli", "reconstruct", "--model", str(tiny["model"]), "--data",
            str(tiny["data"]), "--out", str(out), "--iterations", "150", "--trials", "5,6,7", *RECON_ARGS,
            "--ray", cluster]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -251,7 +251,7 @@ def test_without_ray_the_error_names_the_extra(tiny: dict[str, Path], tmp_path: 
 
 def test_the_core_and_the_scale_package_import_without_ray() -> None:
     code = ("import sys; import rt_decoder.scale, rt_decoder.scale.recon, rt_decoder.scale.train, "
-            "rt_decoder.commands.reconstruct, rt_decoder.commands.train; assert 'ray' not in sys.modules")
+            "cli.commands.reconstruct, cli.commands.train; assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

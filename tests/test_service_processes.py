@@ -37,7 +37,7 @@ def write_config(path: Path, text: str) -> Path:
 
 
 def serve(config: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", "serve", "--config", str(config)],
+    return subprocess.Popen([sys.executable, "-m", "cli", "serve", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -80,8 +80,8 @@ init_frames = 60
         assert srv.poll() is None, srv.communicate()[1]
     assert P.decode(sink.recv_multipart()).kind in (P.KIND_HEARTBEAT, P.KIND_SESSION_START)
     rig = subprocess.Popen(
-        [sys.executable, "-m", "rt_decoder.cli", "rig", "--bind", rig_addr, "--neurons", str(n_rois),
-         "--frames", str(n_frames), "--rate-hz", "60", "--session-id", "e2e", "--wait-subscribers", "1",
+        [sys.executable, "-m", "cli", "rig", "--bind", rig_addr, "--neurons", str(n_rois),
+         "--frames", str(n_frames), "--fs", "60", "--session-id", "e2e", "--wait-subscribers", "1",
          "--wait-timeout-s", "100", "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     frames: list[Any] = []

@@ -1,4 +1,4 @@
-"""``rt-decoder simulate`` end to end on tiny cases, through ``rt_decoder.cli.main``."""
+"""``rt-decoder simulate`` end to end on tiny cases, through ``cli.main.main``."""
 
 from __future__ import annotations
 

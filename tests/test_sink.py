@@ -232,7 +232,7 @@ def test_sink_process_on_loopback_writes_files_and_right_metrics(tmp_path: Path)
     mask[5:30, 10:50] = True
     np.savez(tmp_path / "alpha.npz", eval_mask=mask)
     out = tmp_path / "out"
-    sink = subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", "sink", "--stimulus", src_addr, "--decoded",
+    sink = subprocess.Popen([sys.executable, "-m", "cli", "sink", "--stimulus", src_addr, "--decoded",
                              out_addr, "--status", status_addr, "--out", str(out), "--skip-frames", "5",
                              "--eval-mask", str(tmp_path / "alpha.npz"), "--timeout-s", "90", "--drain-s", "3",
                              "--report-every-s", "0"],

@@ -265,7 +265,7 @@ def test_sink_pictures_without_a_stimulus_show_the_decoded_video_alone(tmp_path:
 
     import imageio.v3 as iio
 
-    from rt_decoder.commands.sink import _write_outputs
+    from cli.commands.sink import _write_outputs
     from streaming.sink import SinkResult
 
     rng = np.random.default_rng(5)
@@ -292,7 +292,7 @@ def test_latency_table_columns_never_run_together() -> None:
 
 
 def test_latency_histogram_has_a_frame_period_line(tmp_path: Path) -> None:
-    from rt_decoder.commands.sink import write_latency_figure
+    from cli.commands.sink import write_latency_figure
 
     rng = np.random.default_rng(4)
     png = write_latency_figure(tmp_path / "h.png",
@@ -343,7 +343,7 @@ class _Procs:
         log = open(self.tmp / f"{name}.log", "a")  # noqa: SIM115 -- closed in stop_all
         self.files.append(log)
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        p = subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", *argv], cwd=REPO, env=env, text=True,
+        p = subprocess.Popen([sys.executable, "-m", "cli", *argv], cwd=REPO, env=env, text=True,
                              stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(p)
         return p
@@ -432,7 +432,7 @@ def live_rig(tmp_path: Path) -> Iterator[dict[str, Any]]:
         text = procs.wait_log("view", "serving http", 60)
         url = text.split("serving ", 1)[1].split(" ", 1)[0]
         procs.wait_log("serve", "READY", 120)
-        procs.start("rig", "rig", "--bind", rig_addr, "--neurons", str(n), "--frames", "9000", "--rate-hz", "30",
+        procs.start("rig", "rig", "--bind", rig_addr, "--neurons", str(n), "--frames", "9000", "--fs", "30",
                     "--wait-subscribers", "2", "--wait-timeout-s", "60", "--quiet", *rig_args)
         yield {"url": url, "config": cfg, "procs": procs, "status": rec, "tmp": tmp_path}
     finally:

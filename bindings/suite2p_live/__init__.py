@@ -10,7 +10,7 @@ Suite2p's own masks, and publishes F - c * Fneu (c = 0.7 by default) in wire pro
     extract = Suite2pLiveExtractor(plane, LiveSettings(neuropil_coefficient=0.7))
     out = extract(raw_frame, frame_index, acq_ns)     # out.F, out.Fneu, out.values, out.dy, out.dx
 
-CLI: ``rt-decoder suite2p-live SUITE2P_DIR --frames SOURCE --to ADDR``. The stage imports
+CLI: ``rt-decoder suite2p-live SUITE2P_DIR --raw-frames SOURCE --bind ADDR``. The stage imports
 numpy, scipy and numba; sources and the CLI import zmq / tifffile lazily.
 """
 

@@ -235,8 +235,8 @@ def open_source(spec: str, *, Ly: int, Lx: int, default_bin: Path | None = None,
                                 idle_timeout_s=5.0 if idle_timeout_s is None else idle_timeout_s)
     if spec == "replay" or spec == "data.bin":
         if default_bin is None or not default_bin.exists():
-            raise ConfigError(f"--frames {spec}: the Suite2p folder has no data.bin")
+            raise ConfigError(f"--raw-frames {spec}: the Suite2p folder has no data.bin")
         return BinaryReplaySource(default_bin, Ly, Lx, rate_hz=rate_hz)
     if spec.endswith(".bin"):
         return BinaryReplaySource(spec, Ly, Lx, rate_hz=rate_hz)
-    raise ConfigError(f"--frames {spec!r}: expected tcp://..., ipc://..., a .tif/.tiff file, a .bin file or 'replay'")
+    raise ConfigError(f"--raw-frames {spec!r}: expected tcp://..., ipc://..., a .tif/.tiff file, a .bin file or 'replay'")

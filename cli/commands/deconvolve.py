@@ -29,9 +29,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli.flags import deprecated_alias
+
 HELP = "deconvolve a recorded file (session .h5, Suite2p folder, (N, T) .npy) with the online stage"
 
+EPILOG = """examples:
+  rt-decoder deconvolve session.h5 --out activity.npy
+  rt-decoder deconvolve suite2p/plane0 --fs 30 --out spks_online.npy --calcium-model ar1 --lag-frames 2
+"""
+
 NEUROPIL_COEFF = 0.7  # as rt_decoder.io.inputs.NEUROPIL_COEFF
+CALCIUM_MODELS = ("auto", "ar1", "ar2")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fs", type=float, default=None,
                         help="frame rate in Hz (required unless INPUT is a session file)")
     parser.add_argument("--out", required=True, type=Path, help="output .npy (float32, (T, N))")
-    parser.add_argument("--model", choices=("auto", "ar1", "ar2"), default=None,
+    parser.add_argument("--calcium-model", choices=CALCIUM_MODELS, default=None,
                         help="calcium model: auto (per ROI, the default), ar1 or ar2")
+    deprecated_alias(parser, "--model", "--calcium-model", dest="calcium_model", choices=CALCIUM_MODELS,
+                     metavar="{auto,ar1,ar2}")
     parser.add_argument("--indicator", choices=("auto", "gcamp6s", "gcamp6f", "gcamp7f", "gcamp8f", "gcamp8m",
                                                 "gcamp8s"), default=None,
                         help="calcium indicator: prior for the kinetics (default auto: from the data)")
@@ -129,9 +139,11 @@ def run(args: argparse.Namespace) -> int:
         if not 1 <= args.threads <= max_threads:
             raise ConfigError(f"--threads must be in [1, {max_threads}], got {args.threads}")
         numba.set_num_threads(args.threads)
-    overrides = {k: getattr(args, k) for k in ("model", "indicator", "lag_frames", "init_frames", "kinetics", "tau_decay_s",
+    overrides = {k: getattr(args, k) for k in ("indicator", "lag_frames", "init_frames", "kinetics", "tau_decay_s",
                                                "tau_rise_s", "penalty", "penalty_sigmas")
                  if getattr(args, k) is not None}
+    if args.calcium_model is not None:
+        overrides["model"] = args.calcium_model
     settings = DeconvSettings.from_dict(overrides)
     if args.out.suffix != ".npy":
         raise ConfigError(f"--out must name a .npy file, got {args.out}")

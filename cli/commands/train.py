@@ -16,6 +16,11 @@ from typing import Any
 
 HELP = "train the encoder ensemble on a Sensorium-layout dataset and write a model directory"
 
+EPILOG = """examples:
+  rt-decoder simulate --out data/sim --neurons 1000 --trials 40
+  rt-decoder train --data data/sim --out models/sim --ensemble 3 --epochs 2 --no-progress
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="dataset folder (Sensorium 2023 layout)")
@@ -31,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-export", action="store_true", help="do not write ONNX graphs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing non-empty --out folder (replaced as a whole when training is done)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="one Ray task per member, --threads threads each: no ADDRESS = a local Ray instance, "
                         "'auto' = the cluster of `ray start`, or HOST:PORT (needs rt-decoder[scale])")
@@ -110,8 +116,9 @@ def _train(args: argparse.Namespace, out: Path, logger: logging.Logger, cfg: Any
         from rt_decoder.scale import RaySettings
         from rt_decoder.scale.train import RayMemberTrainer
 
-        trainer = RayMemberTrainer(RaySettings(address=args.ray, threads_per_task=args.threads), logger)
-    bar = tqdm(total=args.ensemble * cfg.epochs, desc="train", unit="epoch", disable=trainer is not None)
+        trainer = RayMemberTrainer(RaySettings(address=args.ray, threads_per_task=args.threads,
+                                                 progress=not args.no_progress), logger)
+    bar = tqdm(total=args.ensemble * cfg.epochs, desc="train", unit="epoch", disable=trainer is not None or args.no_progress)
 
     def progress(msg: str) -> None:
         bar.update(1)

@@ -18,6 +18,11 @@ from pathlib import Path
 
 HELP = "simulate a virtual-rig session and write it as a Sensorium-layout dataset"
 
+EPILOG = """examples:
+  rt-decoder simulate --out data/sim --neurons 1000 --trials 20
+  rt-decoder simulate --out data/heldout --trials 2 --first-trial 300 --no-progress --overwrite
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder (the dataset's animal folder)")
@@ -44,40 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _training_deconv() -> dict:  # type: ignore[type-arg]
-    from rt_decoder.deconv import ENCODER_TRAINING_DECONV
-
-    return dict(ENCODER_TRAINING_DECONV)
-
-
-def _responses_fn(choice: str):  # type: ignore[no-untyped-def]
-    """The responses function for ``choice`` and the name recorded as its source."""
-    from rt_decoder.errors import BackendUnavailableError
-
-    if choice == "spikes":
-        return None
-    try:
-        from rt_decoder.deconv import ENCODER_TRAINING_DECONV, DeconvSettings, deconvolve_array
-    except ImportError as exc:
-        if choice == "deconv":
-            raise BackendUnavailableError(f"--responses deconv: rt_decoder.deconv cannot be imported ({exc})"
-                                          ) from exc
-        return None
-
-    def deconvolved(fluorescence, frame_rate_hz):  # type: ignore[no-untyped-def]
-        return deconvolve_array(fluorescence, frame_rate_hz, DeconvSettings(**ENCODER_TRAINING_DECONV))
-
-    deconvolved.__qualname__ = "deconvolve_array"
-    deconvolved.__module__ = "rt_decoder.deconv"
-    return deconvolved
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rt_decoder.io.safe import check_target
     from rt_decoder.io.sensorium import assign_tiers, write_dataset
     from rt_decoder.sim import RigConfig, VirtualRig
+    from rt_decoder.sim.responses import responses_function, training_deconv_settings
 
     check_target(args.out, overwrite=args.overwrite)  # before any work; written atomically below
     config = RigConfig(n_neurons=args.neurons, seed=args.seed, indicator=args.indicator,
@@ -89,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     tiers = (assign_tiers(args.trials, validation_fraction=args.validation_fraction,
                           test_fraction=args.test_fraction, seed=args.seed)
              if args.first_trial == 0 else ["final_test_main"] * args.trials)
-    responses_fn = _responses_fn(args.responses)
+    responses_fn = responses_function(args.responses)
     t0 = time.perf_counter()
     rig = VirtualRig(config)
     trials = (rig.trial(i) for i in range(args.first_trial, args.first_trial + args.trials))
@@ -99,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                   responses_fn=responses_fn, frame_rate_hz=config.frame_rate_hz,
                   cell_motor_coordinates_um=rig.cell_motor_coordinates_um, neuron_params=rig.neuron_params,
                   extra_meta={"rig_config": config.to_dict(), "source": "virtual-rig",
-                              **({} if responses_fn is None else {"responses_deconv_settings": _training_deconv()})}, overwrite=args.overwrite)
+                              **({} if responses_fn is None else {"responses_deconv_settings": training_deconv_settings()})},
+                  overwrite=args.overwrite)
     elapsed = time.perf_counter() - t0
     counts = {t: tiers.count(t) for t in sorted(set(tiers))}
     source = "ground_truth_spikes" if responses_fn is None else "rt_decoder.deconv.deconvolve_array"

@@ -12,6 +12,11 @@ import argparse
 
 HELP = "export a trained encoder to ONNX graphs (forward, loss and gradient) with a manifest"
 
+EPILOG = """examples:
+  rt-decoder export models/sim --out models/sim --overwrite
+  rt-decoder export models/sim --out models/sim-onnx --window 32 --live-frames 6
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", help="model directory written by 'rt-decoder train'")

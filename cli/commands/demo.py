@@ -1,6 +1,6 @@
 """``rt-decoder demo``: the whole product on this machine, rig -> serve -> sink.
 
-Three processes on free loopback ports, each started as ``python -m rt_decoder.cli ...``:
+Three processes on free loopback ports, each started as ``python -m cli ...``:
 
 1. ``rt-decoder serve --config DIR/serve.toml`` (generated): deconvolution, plus live
    reconstruction with the shipped demo model (``rt_decoder/models/demo``, or ``--model``)
@@ -37,17 +37,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import rt_decoder
+from cli.flags import deprecated_alias
+
 HELP = "run the whole product: virtual rig -> rt-decoder serve (live decoding) -> sink (video, latency, metrics)"
 
 #: the shipped demo model, used when present
-DEMO_MODEL = Path(__file__).resolve().parents[1] / "models" / "demo"
+DEMO_MODEL = Path(rt_decoder.__file__).resolve().parent / "models" / "demo"
+
+EPILOG = """examples:
+  rt-decoder demo
+  rt-decoder demo --frames 900 --out demo-out --no-view
+  rt-decoder demo --neurons 1000 --no-reconstruction --fs 30
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neurons", type=int, default=8000, help="simulated ROIs (default 8000)")
     p.add_argument("--frames", type=int, default=600, help="frames to stream (default 600 = 2 held-out trials, "
                    "20 s at 30 Hz)")
-    p.add_argument("--rate-hz", type=float, default=30.0, help="frame rate (default 30)")
+    p.add_argument("--fs", type=float, default=30.0, metavar="HZ", help="frame rate in Hz (default 30)")
+    deprecated_alias(p, "--rate-hz", "--fs", dest="fs", type=float, metavar="HZ")
     p.add_argument("--seed", type=int, default=0, help="rig seed (default 0)")
     p.add_argument("--out", default="demo-out", help="output directory (default ./demo-out)")
     p.add_argument("--model", metavar="DIR", help=f"model directory for live reconstruction (default: {DEMO_MODEL} "
@@ -78,7 +88,7 @@ class _Stage:
         self.argv = list(argv)
         self.lines: list[str] = []
         self.echo = echo
-        self.proc = subprocess.Popen([sys.executable, "-m", "rt_decoder.cli", *argv], stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "cli", *argv], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         self._seen = threading.Condition()
         self._thread = threading.Thread(target=self._pump, args=(self.proc.stdout,), daemon=True)
@@ -236,14 +246,9 @@ def model_dataset_trials(model_dir: Path | None) -> int | None:
 
 
 def _deconv_init_frames(requested: int) -> int:
-    if requested:
-        return requested
-    try:
-        from rt_decoder.deconv import DeconvSettings
+    from rt_decoder.deconv import DeconvSettings
 
-        return int(DeconvSettings().init_frames)
-    except (ImportError, AttributeError):
-        return 300
+    return requested or int(DeconvSettings().init_frames)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -344,7 +349,7 @@ def run(args: argparse.Namespace) -> int:
     mode = (f"live reconstruction with {model_dir}" if active
             else f"NO reconstruction ({why_not}): the service publishes activity frames")
     print(f"demo: virtual rig ({args.neurons} ROIs, held-out trials from id {n_trials or 'the rig default'}, "
-          f"{args.frames} frames at {args.rate_hz:g} Hz) "
+          f"{args.frames} frames at {args.fs:g} Hz) "
           f"-> rt-decoder serve ({mode}) -> sink; outputs in {out}", flush=True)
 
     interrupted = _Interrupted()
@@ -375,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
         if not failure:
             print(f"demo: service READY after {time.monotonic() - t0:.1f} s; starting the rig", flush=True)
             rig = _Stage("rig", ["rig", "--bind", rig_addr, "--neurons", str(args.neurons), "--seed", str(args.seed),
-                                 "--heldout", "--frames", str(args.frames), "--rate-hz", str(args.rate_hz),
+                                 "--heldout", "--frames", str(args.frames), "--fs", str(args.fs),
                                  *(["--n-trials", str(n_trials)] if n_trials else []),
                                  "--wait-subscribers", "2", "--wait-timeout-s", str(args.setup_timeout_s),
                                  "--report-every-s", "5"])

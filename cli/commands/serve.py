@@ -7,6 +7,11 @@ import subprocess
 
 HELP = "run the live decoder: ZeroMQ fluorescence in, decoded movie frames out"
 
+EPILOG = """examples:
+  rt-decoder serve --print-default-config > serve.toml
+  rt-decoder serve --config serve.toml --summary-json serve-summary.json --view
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE.toml", help="service configuration (TOML); default: all defaults")

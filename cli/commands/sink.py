@@ -34,6 +34,12 @@ from typing import Any
 
 HELP = "receive decoded frames, match them with the true stimulus, write video/latency/metrics"
 
+EPILOG = """examples:
+  rt-decoder sink --stimulus tcp://127.0.0.1:5555 --decoded tcp://127.0.0.1:5556 --status tcp://127.0.0.1:5557 \\
+      --out sink-out --eval-mask rt_decoder/models/demo/alpha.npz
+  rt-decoder sink --decoded tcp://127.0.0.1:5556 --out sink-out --frames 600 --no-figures
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stimulus", metavar="ADDR", help="the source stream with stimulus messages "

@@ -12,6 +12,11 @@ import argparse
 
 HELP = "convert a recorded session (.h5: received and decoded frames) to an NWB file (needs pynwb)"
 
+EPILOG = """examples:
+  rt-decoder to-nwb recording.h5 --out recording.nwb
+  rt-decoder to-nwb recording.h5 --out recording.nwb --model rt_decoder/models/demo --config serve.toml --overwrite
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recording", help="session file written by the service's [recording] (or rig --record)")

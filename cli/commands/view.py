@@ -6,6 +6,11 @@ import argparse
 
 HELP = "serve a live page: true | decoded frames, correlation, latency, skips and service state"
 
+EPILOG = """examples:
+  rt-decoder view --decoded tcp://127.0.0.1:5556 --status tcp://127.0.0.1:5557 --stimulus tcp://127.0.0.1:5555
+  rt-decoder view --bind 127.0.0.1:0 --eval-mask rt_decoder/models/demo/alpha.npz
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decoded", metavar="ADDR", default="tcp://127.0.0.1:5556",

@@ -16,9 +16,14 @@ from typing import Any
 
 HELP = "Reconstruct dataset trials offline with the published protocol (ensemble, windows, blur)."
 
+EPILOG = """examples:
+  rt-decoder reconstruct --model rt_decoder/models/demo --data data/heldout --out recon --max-trials 2
+  rt-decoder reconstruct --model models/sim --data data/sim --tier final_test_main --out recon --published
+"""
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (rt-decoder train / the shipped demo)")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (rt-decoder train / the shipped demo)")
     p.add_argument("--data", required=True, help="Sensorium-layout dataset folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--trials", default="", help="comma-separated trial ids (default: the --tier trials)")
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         check_target(args.nwb, overwrite=args.overwrite, kind="file")
         require_pynwb()
     if args.backend == "torch":
-        from rt_decoder.commands.train import require_torch
+        from cli.commands.train import require_torch
 
         require_torch("--backend torch")
     ds = load_dataset(args.data)

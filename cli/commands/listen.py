@@ -14,11 +14,18 @@ import signal
 import time
 from typing import Any
 
+from cli.flags import deprecated_alias, group
+
 HELP = "subscribe to a stream and print what arrives (session, frames, gaps, malformed) and its rate"
+
+EPILOG = """examples:
+  rt-decoder listen --connect tcp://127.0.0.1:5555 --frames 300
+  rt-decoder listen --bind tcp://127.0.0.1:5555 --timeout-s 60 --summary-json listen.json --quiet
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
+    where = group(p, required=True)
     where.add_argument("--connect", metavar="ADDR", help="connect to a publisher (e.g. tcp://127.0.0.1:5555)")
     where.add_argument("--bind", metavar="ADDR", help="bind and let publishers connect")
     p.add_argument("--frames", type=int, default=0, help="stop after this many frames (default 0: no limit)")
@@ -26,11 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this many seconds in all (default 0: no limit)")
     p.add_argument("--follow", action="store_true", help="keep listening after session_end")
     p.add_argument("--max-bytes", type=int, default=16 * 1024 * 1024, help="message size limit")
-    p.add_argument("--allow-remote", action="store_true", help="allow binding a non-loopback address")
+    p.add_argument("--allow-non-loopback", action="store_true", help="allow binding a non-loopback address")
+    deprecated_alias(p, "--allow-remote", "--allow-non-loopback", dest="allow_non_loopback", flag=True)
     p.add_argument("--realtime", action="store_true", help="receive with real-time (SCHED_FIFO) priority "
                    "when the OS allows it")
     p.add_argument("--report-every-s", type=float, default=1.0, help="status line period (0: none)")
-    p.add_argument("--json-out", metavar="FILE", help="write the JSON summary (incl. arrival times) here")
+    p.add_argument("--summary-json", metavar="FILE", help="write the JSON summary (incl. arrival times) here")
+    deprecated_alias(p, "--json-out", "--summary-json", dest="summary_json", metavar="FILE")
     p.add_argument("--quiet", action="store_true", help="only the final JSON summary")
 
 
@@ -68,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     ctx = zmq.Context()
     sub = StreamSubscriber(args.connect or args.bind, bind=bool(args.bind), max_bytes=args.max_bytes,
-                           allow_remote=args.allow_remote, context=ctx)
+                           allow_remote=args.allow_non_loopback, context=ctx)
     say(f"listen: {'bound' if args.bind else 'connected'} to {sub.address}")
     t_start = time.monotonic()
     arrivals: list[int] = []  # recv ns of frames
@@ -142,8 +151,8 @@ def run(args: argparse.Namespace) -> int:
         "counters": sub.counters.as_dict(), "elapsed_s": time.monotonic() - t_start,
     }
     print(json.dumps(summary), flush=True)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
             json.dump({**summary, "arrival_ns": [int(v) for v in arr], "frame_index": frame_idx,
                        "acq_to_recv_ns": [int(v) for v in acq_latency]}, f)
     if args.frames:

@@ -1,0 +1,1 @@
+"""Subcommands of the rt-decoder CLI, one module each (see cli.main)."""
