@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "suite2p-live": "rt_decoder.commands.suite2p_live",
     "deconvolve": "rt_decoder.commands.deconvolve",
     "to-nwb": "rt_decoder.commands.to_nwb",
+    "recover": "rt_decoder.commands.recover",
 }
 
 
