@@ -331,3 +331,49 @@ enabled = false
 
     src = session_file_source(served)
     assert src.info.session_id == "crash" and src.values.shape == (n, 300)
+
+
+_BUSY_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from rt_decoder.io.session_file import SessionWriter
+    from rt_decoder.messages import DecodedFrame, FluorescenceFrame, SessionInfo
+    n = 4000
+    w = SessionWriter(sys.argv[1], SessionInfo("busy", np.arange(n), 30.0), stimulus_shape=(36, 64),
+                      flush_every_s=0.01)  # flushing nearly all the time: kills land inside flushes
+    print("go", flush=True)
+    k = 0
+    while True:
+        w.append_frame(FluorescenceFrame(k, k, k, values=np.full(n, k, np.float32)), np.full((36, 64), k, np.float32))
+        w.append_decoded(DecodedFrame(k, k, k, image=np.full((36, 64), -k, np.float32), stamps=(("rx", k),)))
+        k += 1
+""")
+
+
+def test_kills_at_random_moments_always_leave_a_bit_exact_prefix_after_recover(tmp_path: Path) -> None:
+    rng = np.random.default_rng(15)
+    inside = 0
+    for it in range(8):
+        path = tmp_path / f"busy{it}.h5"
+        proc = subprocess.Popen([sys.executable, "-c", _BUSY_WRITER, str(path)], cwd=REPO, env=ENV,
+                                stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "go"
+            time.sleep(float(rng.uniform(0.2, 0.5)))
+        finally:
+            proc.kill()
+            proc.communicate(timeout=TIMEOUT_S)
+        inside += plain_open_error(path) is not None
+        report = recover_session(path)
+        assert plain_open_error(path) is None
+        rec = read_session(path)
+        k = np.arange(rec.n_frames)
+        assert rec.n_frames == report.frames > 0
+        np.testing.assert_array_equal(rec.frame_index, k)
+        np.testing.assert_array_equal(rec.values[:, -1], k.astype(np.float32))
+        assert rec.stimulus is not None
+        np.testing.assert_array_equal(rec.stimulus[:, 35, 63], k.astype(np.float32))
+        kd = np.arange(0 if rec.decoded is None else rec.decoded.shape[0])
+        if rec.decoded is not None:
+            np.testing.assert_array_equal(rec.decoded[:, 0, 0], -kd.astype(np.float32))
+    print(f"{inside} of 8 kills fell inside a flush")

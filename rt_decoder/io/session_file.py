@@ -4,7 +4,7 @@ Layout (format ``rt-decoder-session``, version 1)::
 
     /                       attrs: format, format_version, session_id, frame_rate_hz, plane,
                                    is_activity, source, n_rois, stimulus_shape ([H, W] or []),
-                                   created_unix_s
+                                   created_unix_s; recovered_unix_s once repaired by recover_session
     /roi_ids                (N,) int64
     /roi_centres_px         (N, 2) float32          (only when the session has centres)
     /closed                 () uint8                1 once the writer closed cleanly
