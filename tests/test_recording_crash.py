@@ -377,3 +377,50 @@ def test_kills_at_random_moments_always_leave_a_bit_exact_prefix_after_recover(t
         if rec.decoded is not None:
             np.testing.assert_array_equal(rec.decoded[:, 0, 0], -kd.astype(np.float32))
     print(f"{inside} of 8 kills fell inside a flush")
+
+
+_STEPPED_WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from rt_decoder.io.session_file import SessionWriter
+    from rt_decoder.messages import FluorescenceFrame, SessionInfo
+    w = SessionWriter(sys.argv[1], SessionInfo("followed", np.arange(5), 30.0), flush_every_s=3600)
+    for block in range(3):
+        for k in range(40 * block, 40 * block + 40):
+            w.append_frame(FluorescenceFrame(k, k, k, values=np.full(5, k, np.float32)))
+        w.flush()
+        print(block, flush=True)
+        sys.stdin.readline()
+    w.close()
+    print("closed", flush=True)
+""")
+
+
+def test_a_reader_follows_the_file_across_the_writers_open_and_close_cycles(tmp_path: Path) -> None:
+    path = tmp_path / "followed.h5"
+    proc = subprocess.Popen([sys.executable, "-c", _STEPPED_WRITER, str(path)], cwd=REPO, env=ENV,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "0"
+        with SessionReader(path) as live:
+            assert live.n_frames == 40 and not live.complete
+            for block in (1, 2):
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+                assert proc.stdout.readline().strip() == str(block)
+                live.refresh()
+                assert live.n_frames == 40 * (block + 1)
+                np.testing.assert_array_equal(live.read_frames(40 * block)["values"][:, 0],
+                                              np.arange(40 * block, 40 * block + 40, dtype=np.float32))
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "closed"
+            live.refresh()
+            assert live.complete and live.n_frames == 120
+        proc.communicate(timeout=TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0
