@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "suite2p-live": "cli.commands.suite2p_live",
     "deconvolve": "cli.commands.deconvolve",
     "to-nwb": "cli.commands.to_nwb",
+    "recover": "cli.commands.recover",
 }
 
 PROG = "rt-decoder"

@@ -5,8 +5,13 @@ pipeline calls ``start_session`` / ``submit_frame`` / ``submit_decoded`` /
 ``end_session``, which only ``put_nowait`` onto the queue: they never block and never
 touch the disk. When the queue is full the frame is counted in ``recorder_dropped``
 (the decoding goes on). The writer thread writes session files in the format of
-``rt_decoder.io.session_file`` (HDF5, SWMR, flushed every ``flush_every_s``), one file
-per session: ``<directory>/<session_id>.h5`` (a numeric suffix if it exists).
+``rt_decoder.io.session_file``, one file per session: ``<directory>/<session_id>.h5`` (a
+numeric suffix if it exists). The file is open only while a block is written (at least
+every ``flush_every_s``), so after a SIGKILL of the service plain ``h5py.File(path, "r")``
+opens it (or, if the kill fell inside that write, ``rt-decoder recover FILE`` first).
+What a SIGKILL loses is bounded: the frames received in the last ``flush_every_s``
+(buffered in the writer), those still in this queue (normally none: the thread keeps up;
+at most ``queue_frames``), and those not yet taken from the input socket.
 
 Imports the standard library, numpy and rt_decoder only (no zmq).
 """
@@ -49,7 +54,8 @@ class SessionRecorder:
     queue_frames : int
         Capacity of the queue to the writer thread (items).
     flush_every_s : float
-        Passed to ``SessionWriter``: a SIGKILL loses at most about this much.
+        Passed to ``SessionWriter``: a SIGKILL loses the frames received in about this
+        many seconds before it (plus what is queued).
     record_decoded : bool
         Whether ``submit_decoded`` records anything.
     """

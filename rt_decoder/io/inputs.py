@@ -263,12 +263,14 @@ def dataset_folders_inside(folder: str | Path, limit: int = 50) -> list[str]:
 
 def read_complete_session(path: str | Path, allow_incomplete: bool = False):  # type: ignore[no-untyped-def]
     """``rt_decoder.io.session_file.read_session``, refusing a recording whose writer did not
-    close it (killed, or still running) unless ``allow_incomplete``."""
+    close it (killed, or still running) unless ``allow_incomplete`` or it was repaired by
+    ``rt-decoder recover`` (``recover_session``)."""
     from rt_decoder.io.session_file import read_session
 
     rec = read_session(path)
-    if not rec.complete and not allow_incomplete:
+    if not rec.complete and not rec.recovered and not allow_incomplete:
         raise DataFormatError(f"{path}: an incomplete recording (its writer did not close it: killed, or still "
-                              f"running); it holds {rec.n_frames} frames flushed before that. Pass "
-                              "--allow-incomplete to use them")
+                              f"running); it holds {rec.n_frames} frames flushed before that. Run "
+                              f"`rt-decoder recover {path}` once its writer is gone, or pass --allow-incomplete "
+                              "to use them")
     return rec

@@ -222,7 +222,7 @@ def write_session_nwb(path: str | Path, session: Any, *, model_dir: str | Path |
     start = (_dt.datetime.fromtimestamp(float(created), _dt.timezone.utc) if created
              else _dt.datetime.fromtimestamp(Path(session.path).stat().st_mtime, _dt.timezone.utc))
     notes = {"kind": "live session recording", "recording": str(session.path), "complete": bool(session.complete),
-             "source": info.source, "frame_rate_hz": rate, "is_activity": bool(info.is_activity),
+             "recovered": bool(getattr(session, "recovered", False)), "source": info.source, "frame_rate_hz": rate, "is_activity": bool(info.is_activity),
              "model": model_summary(model_dir), "settings": dict(settings or {}),
              "decoded_stamp_names": list(session.decoded_stamp_names)}
     nwb = _nwbfile(pynwb, description=f"rt-decoder live session {info.session_id} ({info.source}): received "

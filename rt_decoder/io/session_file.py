@@ -4,7 +4,7 @@ Layout (format ``rt-decoder-session``, version 1)::
 
     /                       attrs: format, format_version, session_id, frame_rate_hz, plane,
                                    is_activity, source, n_rois, stimulus_shape ([H, W] or []),
-                                   created_unix_s
+                                   created_unix_s; recovered_unix_s once repaired by recover_session
     /roi_ids                (N,) int64
     /roi_centres_px         (N, 2) float32          (only when the session has centres)
     /closed                 () uint8                1 once the writer closed cleanly
@@ -23,12 +23,28 @@ Layout (format ``rt-decoder-session``, version 1)::
     /decoded/stamp_names    (16,) bytes             stage names of the stamp columns ("" unused)
     /decoded/stamps_ns      (K, 16) int64           -1 where a frame lacks that stage
 
-Every dataset is chunked and resizable along its first axis. The file is written in HDF5
-SWMR mode: frames are buffered in memory and written in blocks at ``flush`` (every
-``flush_every_s``), so a reader (``read_session``, or ``SessionReader`` with ``refresh``)
-sees every flushed frame while the writer runs and after the writer process is killed;
-a crash loses at most the frames since the last flush. Because SWMR forbids creating
-objects after it starts, every dataset exists from the start.
+Every dataset is chunked and resizable along its first axis. Frames are buffered in memory
+and written in blocks by ``flush`` (at least every ``flush_every_s``, or every
+``max_buffered_frames`` frames, and at ``close``). **The file is open only inside a flush**:
+``flush`` opens it, switches to HDF5 SWMR write mode, appends the block, closes it (about
+1 ms). So:
+
+- a reader may follow the file while it is written (``SessionReader`` opens it SWMR-read;
+  ``refresh`` picks up later blocks), and plain ``h5py.File(path, "r")`` opens it between
+  flushes;
+- a writer killed outright (SIGKILL, a crash of its process) between flushes leaves a
+  closed, consistent file that plain ``h5py.File(path, "r")`` opens; it lacks only the
+  frames still buffered: at most ``flush_every_s`` of frames (plus, in the service, those
+  still in the recorder's queue);
+- a writer killed inside a flush (about 1 ms in every ``flush_every_s``) leaves the HDF5
+  "file is open for write" flags set: ``read_session`` (SWMR read) still reads every
+  earlier block, and ``recover_session`` / ``rt-decoder recover FILE`` clears the flags
+  and drops the half-written block, after which plain h5py opens it.
+
+``/closed`` is 1 only when the writer closed the session; ``recover_session`` marks a
+repaired file with the attribute ``recovered_unix_s``. The writer holds a shared
+``flock`` on the file while it lives (a killed writer's lock goes with its process), so
+``recover`` refuses a file that is still being written.
 
 Imports numpy, h5py and rt_decoder's plain modules only (no zmq).
 """
@@ -36,6 +52,7 @@ Imports numpy, h5py and rt_decoder's plain modules only (no zmq).
 from __future__ import annotations
 
 import collections
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +76,46 @@ FORMAT_VERSION = 1
 MAX_STAMP_COLUMNS = 16
 STAMP_NAME_BYTES = 64
 _ROW_DATASETS = ("seq", "frame_index", "acq_ns", "recv_ns", "is_activity", "values", "behaviour")
+
+
+def _hold_writer_lock(path: Path) -> int | None:
+    """Open ``path`` and hold a shared advisory lock on it (None where flock is unavailable).
+
+    HDF5's own read-only opens take shared locks too, so readers are not disturbed;
+    ``recover`` asks for an exclusive lock and is refused while a writer lives."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover -- not POSIX
+        return None
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release_writer_lock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases its flock
+
+
+def writer_is_alive(path: str | Path) -> bool:
+    """True when a live process holds ``path`` open: its writer (see ``_hold_writer_lock``)
+    or an HDF5 reader (HDF5 locks files it opens, unless told not to)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # also releases the lock if we got it
+    return False
 
 
 def _chunk_rows(row_bytes: int, target_bytes: int = 1 << 20) -> int:
@@ -124,14 +181,12 @@ class SessionWriter:
         self._cap = int(max_buffered_frames)
         self._closed = False
 
-        f = h5py.File(self.path, "w", libver="latest")
-        self._f = f
-        try:
+        with h5py.File(self.path, "w", libver="latest") as f:
             self._create_layout(f, info)
-            f.swmr_mode = True
-        except Exception:
-            f.close()
-            raise
+        # between flushes the file is closed (nothing of it in the library's hands): a kill
+        # then leaves it consistent and openable by plain h5py. This lock (shared, released
+        # by the kernel when the process dies) tells `recover` that a writer still lives.
+        self._lock_fd = _hold_writer_lock(self.path)
         n = self.n_rois
         self._rows: dict[str, _Column] = {
             "seq": _Column((), np.uint64, self._cap, 0),
@@ -151,7 +206,9 @@ class SessionWriter:
         self._stamp_names: list[str] = []
         self.dropped_stamps = 0
         self._row_of_frame: collections.OrderedDict[int, int] = collections.OrderedDict()
+        self._late_stimulus: dict[int, np.ndarray] = {}  # written row -> stimulus that came later
         self._last_flush = time.monotonic()
+        self.flushes = 0  # flushes that wrote something (each one open -> write -> close)
 
     # -- layout
     def _create_layout(self, f: Any, info: SessionInfo) -> None:
@@ -272,10 +329,9 @@ class SessionWriter:
             return False
         if row >= self._n_written:
             self._rows["stimulus"].buf[row - self._n_written] = stimulus
-        else:
-            ds = self._f["frames/stimulus"]
-            ds[row] = np.asarray(stimulus, np.float32)
-            ds.flush()
+        else:  # already on disk: written at the next flush
+            self._late_stimulus[row] = np.asarray(stimulus, np.float32).copy()
+            self._maybe_flush()
         return True
 
     def append_decoded(self, frame: DecodedFrame) -> None:
@@ -293,25 +349,56 @@ class SessionWriter:
                 or time.monotonic() - self._last_flush >= self.flush_every_s):
             self.flush()
 
-    def flush(self) -> None:
-        """Write buffered frames and flush them to disk (visible to SWMR readers)."""
+    @property
+    def pending(self) -> bool:
+        """Whether anything appended is not on disk yet."""
+        return bool(self._n_buffered or self._dec or self._late_stimulus)
+
+    def flush(self, *, mark_closed: bool = False) -> None:
+        """Write what is buffered: open the file, append, close it (visible to readers).
+
+        The file is open only inside this call (SWMR write mode, so a reader following the
+        file and a kill during the call both see the blocks written before it intact); a
+        kill at any other moment leaves a closed, consistent file. Nothing buffered: no I/O.
+        """
         self._check_open()
+        if not (self.pending or mark_closed):
+            self._last_flush = time.monotonic()
+            return
+        import h5py
+
+        f = h5py.File(self.path, "a", libver="latest", locking=False)
+        try:
+            f.swmr_mode = True
+            self._write_blocks(f)
+            if mark_closed:
+                f["closed"][()] = np.uint8(1)
+        finally:
+            f.close()
+        self.flushes += 1
+        self._last_flush = time.monotonic()
+
+    def _write_blocks(self, f: Any) -> None:
         k = self._n_buffered
         if k:
             start = self._n_written
             for name, col in self._rows.items():
-                ds = self._f[f"frames/{name}"]
+                ds = f[f"frames/{name}"]
                 ds.resize(start + k, axis=0)
                 ds[start:start + k] = col.buf[:k]
+            for col in self._rows.values():
                 col.buf[:k] = col.fill
             self._n_written += k
             self._n_buffered = 0
+        if self._late_stimulus:
+            ds = f["frames/stimulus"]
+            for row in sorted(self._late_stimulus):
+                ds[row] = self._late_stimulus[row]
+            self._late_stimulus = {}
         if self._dec:
-            self._flush_decoded()
-        self._f.flush()
-        self._last_flush = time.monotonic()
+            self._flush_decoded(f)
 
-    def _flush_decoded(self) -> None:
+    def _flush_decoded(self, f: Any) -> None:
         rows = self._dec
         k, start = len(rows), self._n_dec_written
         stamps = np.full((k, MAX_STAMP_COLUMNS), -1, np.int64)
@@ -324,7 +411,7 @@ class SessionWriter:
                         continue
                     self._stamp_names.append(name)
                 stamps[i, self._stamp_names.index(name)] = t
-        g = self._f["decoded"]
+        g = f["decoded"]
         if len(self._stamp_names) != names_before:
             names = np.zeros(MAX_STAMP_COLUMNS, dtype=f"S{STAMP_NAME_BYTES}")
             names[: len(self._stamp_names)] = [n.encode() for n in self._stamp_names]
@@ -349,12 +436,11 @@ class SessionWriter:
         if self._closed:
             return
         try:
-            self.flush()
-            self._f["closed"][()] = np.uint8(1)
-            self._f.flush()
+            self.flush(mark_closed=True)
         finally:
             self._closed = True
-            self._f.close()
+            _release_writer_lock(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> SessionWriter:
         return self
@@ -392,6 +478,7 @@ class RecordedSession:
     decoded_stamp_names: tuple[str, ...]
     decoded_stamps_ns: np.ndarray  # (K, len(decoded_stamp_names)) int64, -1 absent
     complete: bool
+    recovered: bool = False  # ``recover_session`` repaired it after its writer was killed
 
     @property
     def n_frames(self) -> int:
@@ -495,6 +582,11 @@ class SessionReader:
     def complete(self) -> bool:
         return bool(self._f["closed"][()])
 
+    @property
+    def recovered(self) -> bool:
+        """Whether ``recover_session`` repaired the file (its writer was killed)."""
+        return "recovered_unix_s" in self._f.attrs
+
     def read_frames(self, start: int = 0, stop: int | None = None) -> dict[str, np.ndarray]:
         """Per-frame arrays for frames [start, stop) (clipped to ``n_frames``)."""
         t = self.n_frames
@@ -525,6 +617,7 @@ class SessionReader:
                 decoded_frame_index=np.asarray(g["frame_index"][:k], np.int64),
                 decoded_acq_ns=np.asarray(g["acq_ns"][:k], np.int64), decoded=images,
                 decoded_stamp_names=names, decoded_stamps_ns=stamps, complete=self.complete,
+                recovered=self.recovered,
             )
         except (KeyError, OSError, ValueError, TypeError) as exc:
             raise self._fail(f"cannot read session data: {exc}") from None
@@ -549,3 +642,113 @@ def read_session(path: str | Path) -> RecordedSession:
     """
     with SessionReader(path) as reader:
         return reader.read()
+
+
+# ---------------------------------------------------------------------------- recovery
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :func:`recover_session` found and changed.
+
+    ``flags_cleared`` is True when the writer died while it held the file open (inside a
+    flush); ``frames_trimmed`` / ``decoded_trimmed`` count rows of a block that flush had
+    only partly written (the datasets of one block are extended one after another).
+    """
+
+    path: Path
+    was_complete: bool
+    flags_cleared: bool
+    padded_bytes: int
+    frames: int
+    frames_trimmed: int
+    decoded: int
+    decoded_trimmed: int
+
+    @property
+    def changed(self) -> bool:
+        return self.flags_cleared or bool(self.padded_bytes or self.frames_trimmed or self.decoded_trimmed)
+
+
+def _readable_rows(ds: Any, n: int) -> int:
+    """How many leading rows of ``ds`` (at most ``n``) read without an HDF5 error."""
+    step = int(ds.chunks[0]) if ds.chunks else 1024
+    start = 0
+    while start < n:
+        stop = min(n, start + step)
+        try:
+            ds[start:stop]
+        except (OSError, ValueError, KeyError):
+            return start
+        start = stop
+    return n
+
+
+def recover_session(path: str | Path) -> RecoveryReport:
+    """Make a recording whose writer was killed openable by any HDF5 reader, in place.
+
+    Steps: refuse while a writer still holds the file; clear the superblock's "open for
+    write" flags left by a writer killed inside a flush (``h5clear -s``); cut every
+    per-frame dataset to the rows all of them hold and that read back without error (a
+    block half-written by that flush is dropped whole, and likewise for decoded frames);
+    mark the file ``recovered_unix_s`` (readers then accept it as the session's record,
+    see ``rt_decoder.io.inputs.read_complete_session``). Idempotent; a file closed cleanly
+    by its writer is left as it is.
+
+    Returns
+    -------
+    RecoveryReport
+
+    Raises
+    ------
+    DataFormatError
+        The file is missing, still being written, not a session file, or damaged beyond
+        what this repairs (the message says which).
+    """
+    import h5py
+
+    from rt_decoder.io._hdf5_superblock import clear_status_flags
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such session file")
+    if writer_is_alive(path):
+        raise DataFormatError(f"{path}: another process has the file open (a writer still recording, or a reader): "
+                              "stop it first")
+    repair = clear_status_flags(path)
+    try:
+        f = h5py.File(path, "r+")
+    except OSError as exc:
+        raise DataFormatError(f"{path}: HDF5 cannot open it even after clearing its consistency flags ({exc})") from None
+    try:
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT_NAME:
+            raise DataFormatError(f"{path}: attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}")
+        if "frames" not in f or "decoded" not in f or "closed" not in f:
+            raise DataFormatError(f"{path}: lacks the groups of a session file ('frames', 'decoded', 'closed')")
+        was_complete = bool(f["closed"][()])
+        trimmed = []
+        for group, names in (("frames", [n for n in f["frames"]]),
+                             ("decoded", ["seq", "frame_index", "acq_ns", "images", "stamps_ns"])):
+            dss = [f[f"{group}/{n}"] for n in names if n in f[group]]
+            before = max((d.shape[0] for d in dss), default=0)
+            n = min((d.shape[0] for d in dss), default=0)
+            for d in dss:
+                n = _readable_rows(d, n)
+            for d in dss:
+                if d.shape[0] != n:
+                    d.resize(n, axis=0)
+            trimmed.append((n, before - n))
+        (frames, frames_trimmed), (decoded, decoded_trimmed) = trimmed
+        if not was_complete and "recovered_unix_s" not in f.attrs:
+            f.attrs["recovered_unix_s"] = time.time()
+    except (KeyError, TypeError) as exc:
+        raise DataFormatError(f"{path}: malformed session file: {exc}") from None
+    finally:
+        f.close()
+    read_session(path)  # what every reader does: must now succeed
+    return RecoveryReport(path=path, was_complete=was_complete, flags_cleared=repair.flags_before != 0,
+                          padded_bytes=repair.padded_bytes, frames=frames, frames_trimmed=frames_trimmed,
+                          decoded=decoded, decoded_trimmed=decoded_trimmed)
