@@ -337,3 +337,39 @@ def test_session_control_belongs_to_the_sessions_publisher() -> None:
     out = send(P.KIND_SESSION_END, "b", 1, None)
     assert isinstance(out[-1], SessionEnded)
     assert send(P.KIND_SESSION_START, "a", 0, a) == [SessionStarted(a)]  # b ended: a new session at once
+
+
+def test_the_initial_batch_runs_off_the_frame_path_with_the_same_results() -> None:
+    """Background estimation + catch-up gives exactly the in-line deconvolution afterwards,
+    gaps during the catch-up included; frames keep flowing meanwhile."""
+    from rt_decoder.deconv import DeconvSettings
+
+    settings = DeconvSettings.from_dict({"init_frames": 40})
+    info = SessionInfo("d", np.arange(6), 30.0)
+    rng = np.random.default_rng(3)
+    F = (100 + 5 * rng.standard_normal((120, 6)) + 40 * (rng.random((120, 6)) < 0.05)).astype(np.float32)
+    stages = {bg: DeconvStage(settings, MetricsRecorder(10), window_frames=8, background_init=bg)
+              for bg in (True, False)}
+    outs: dict[bool, dict[int, Any]] = {True: {}, False: {}}
+    for bg, st in stages.items():
+        st.reset(info)
+        for t in range(120):
+            if t == 45:
+                st(FrameGap(2, False, 47))
+                continue
+            if t == 46:
+                continue
+            for item in st(FluorescenceFrame(t, t, 0, values=F[t], stamps=(("rx", 1),))):
+                outs[bg][t] = item
+            if bg and t == 60:
+                deadline = time.monotonic() + 30
+                while st.catching_up and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert not st.catching_up
+    later = [t for t in outs[False] if t > 60]
+    assert later and all(t in outs[True] for t in later)
+    for t in later:
+        a, b = outs[True][t], outs[False][t]
+        np.testing.assert_array_equal(a.frame.values, b.frame.values)
+        np.testing.assert_array_equal(a.recent, b.recent)
+    assert stages[True].counters.counters["frames_processed"] == stages[False].counters.counters["frames_processed"]
