@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,20 +19,29 @@ from rt_decoder.errors import ConfigError, ModelError
 from rt_decoder.recon.metrics import quality_report
 from rt_decoder.recon.offline import OfflineSettings, blur_video, reconstruct_single
 
+if TYPE_CHECKING:
+    from rt_decoder.encoder.manifest import EncoderModel
+    from rt_decoder.encoder_protocol import Encoder
+    from rt_decoder.recon.amortised import AmortisedDecoder
+
 
 @dataclass
 class OpenedModel:
     """A loaded encoder model and one backend per ensemble member."""
 
-    model: Any                  # rt_decoder.encoder.manifest.EncoderModel
-    encoders: list[Any]         # GradientEncoder backends
+    model: EncoderModel
+    encoders: list[Encoder]     # one backend per member
     train_mask: np.ndarray      # (H, W) bool, alpha >= 0.5
     eval_mask: np.ndarray       # (H, W) bool, alpha >= 1
 
 
 def open_model(model_dir: str | Path, *, backend: str = "onnxruntime", threads: int = 2,
                window_frames: int = 0, max_members: int = 0, live_frames: int = 0) -> OpenedModel:
-    """Load ``model_dir`` and open ``max_members`` (0 = all) backends of kind ``backend``."""
+    """Load ``model_dir`` and open ``max_members`` (0 = all) backends of kind ``backend``.
+
+    ``live_frames`` > 0 also opens the live graph of that many frames (the cached-context
+    path; ``ReconstructionSettings.live_frames`` / ``LiveSettings.live_frames``).
+    """
     from rt_decoder.encoder.backends import BackendSettings, open_ensemble
     from rt_decoder.encoder.manifest import load_model
 
@@ -44,7 +53,7 @@ def open_model(model_dir: str | Path, *, backend: str = "onnxruntime", threads: 
                        np.asarray(model.masks.eval_mask, bool))
 
 
-def load_amortised(model: Any) -> Any:
+def load_amortised(model: EncoderModel) -> AmortisedDecoder | None:
     """The model's amortised decoder (``rt_decoder.recon.amortised``), or None if it has none.
 
     Raises ModelError when the manifest names a file that is missing or does not match its hash.
