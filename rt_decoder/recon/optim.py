@@ -40,7 +40,7 @@ class OptimSettings:
     """
 
     learning_rate_px: float = option(1000.0, "optimiser step size in pixel units per unit-norm gradient",
-                                     1e-3, 1e6)
+                                     1e-9, 1e6)
     momentum: float = option(0.9, "first-moment decay of the optimiser", 0.0, 0.999)
     warmup_iterations: int = option(10, "per-frame learning-rate warm-up (iterations)", 0, 10_000)
     init_value_px: float = option(127.5, "initial pixel value (grey)", 0.0, 255.0)
