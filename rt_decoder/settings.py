@@ -26,7 +26,6 @@ Imports the standard library and ``rt_decoder.errors`` only.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import typing
 import warnings
@@ -71,9 +70,14 @@ def _first_line(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0] if (doc or "").strip() else ""
 
 
-@functools.lru_cache(maxsize=None)
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The resolved annotations of ``cls`` (cached)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def _is_settings(tp: Any) -> bool:
