@@ -20,6 +20,10 @@ Adam-style first-moment step with per-frame warm-up; clamp. With an ensemble, ev
 active member keeps its own video and the emitted frame is the members' mean, blurred
 spatially with sigma ``blur_sigma_px``.
 
+Encoders are anything with the ``Encoder`` protocol (``rt_decoder.encoder_protocol``); the
+cached-context path (``cached_context=True``, what ``serve`` runs) needs ``LiveEncoder``s,
+checked at construction.
+
 This module never imports torch or zmq; time comes from an injectable clock.
 """
 

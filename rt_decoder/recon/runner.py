@@ -75,7 +75,7 @@ def load_amortised(model: EncoderModel) -> AmortisedDecoder | None:
     return dec
 
 
-def training_trials_among(model: Any, dataset_meta: Any, trial_ids: Sequence[int]) -> list[int]:
+def training_trials_among(model: EncoderModel, dataset_meta: Any, trial_ids: Sequence[int]) -> list[int]:
     """The ``trial_ids`` that were in the model's training or validation data.
 
     A model records the trial ids it was fitted and validated on (manifest
@@ -96,7 +96,7 @@ def training_trials_among(model: Any, dataset_meta: Any, trial_ids: Sequence[int
     return sorted(int(i) for i in trial_ids if int(i) in used)
 
 
-def check_neurons(model: Any, unit_ids: np.ndarray) -> None:
+def check_neurons(model: EncoderModel, unit_ids: np.ndarray) -> None:
     """The dataset's neurons must be the model's, in the same order."""
     ids = np.asarray(unit_ids).astype(np.int64)
     if ids.shape != model.neuron_ids.shape or not np.array_equal(ids, model.neuron_ids):
@@ -123,7 +123,7 @@ class TrialResult:
 
 def reconstruct_trial(opened: OpenedModel, trial: Any, settings: OfflineSettings, *,
                       neuron_weights: np.ndarray | None = None,
-                      progress: Callable[[int], None] | None = None, amortised: Any = None,
+                      progress: Callable[[int], None] | None = None, amortised: AmortisedDecoder | None = None,
                       init_video: np.ndarray | None = None) -> TrialResult:
     """Reconstruct one SensoriumTrial with every opened member; score against its video.
 
