@@ -461,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
         duration_s, max_frames, hop_frames, init_frames, settle_s = 5.0, 1500, 300, 30, 1.0
     else:
         neurons = [1000, 8000, 30000]
-        duration_s, max_frames, hop_frames, init_frames, settle_s = args.duration_s, 5000, 2000, 300, SETTLE_S
+        from rt_decoder.deconv import DeconvSettings
+
+        # the service's own initial batch (the [deconv] default)
+        duration_s, max_frames, hop_frames, settle_s = args.duration_s, 5000, 2000, SETTLE_S
+        init_frames = DeconvSettings().init_frames
     if args.neurons:
         neurons = [int(v) for v in args.neurons.split(",")]
     t_start = time.monotonic()

@@ -199,22 +199,15 @@ def _toml(tables: dict[str, dict[str, Any]]) -> str:
 
 
 def reconstruction_table(model_dir: Path | None, neurons: int, *,
-                         wanted: bool = True) -> tuple[dict[str, Any] | None, bool, str]:
-    """The ``[reconstruction]`` table of the generated config.
+                         wanted: bool = True) -> tuple[dict[str, Any], bool, str]:
+    """The ``[reconstruction]`` table of the generated config (``ReconstructionSettings`` keys).
 
-    Returns ``(table, active, why_not)``: ``table`` is None when the service has no
-    ``[reconstruction]`` section (it then publishes activity frames anyway); otherwise it
-    switches reconstruction on with ``model_dir`` (``active`` True), or off, explicitly,
-    when it is not wanted, there is no model, or the model decodes another number of
-    neurons than the rig streams (``why_not`` says which).
+    Returns ``(table, active, why_not)``: the table switches reconstruction on with
+    ``model_dir`` (``active`` True; everything else at the service's defaults), or off,
+    explicitly, when it is not wanted, there is no model, or the model decodes another
+    number of neurons than the rig streams (``why_not`` says which).
     """
-    import dataclasses
-
-    from streaming.config import ServiceConfig
-
-    if "reconstruction" not in {f.name for f in dataclasses.fields(ServiceConfig)}:
-        return None, False, "the service has no reconstruction stage (no [reconstruction] in streaming/config.py)"
-    off = {"enabled": False}
+    off: dict[str, Any] = {"enabled": False}
     if not wanted:
         return off, False, "--no-reconstruction"
     if model_dir is None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rt_decoder.recon.stage import LiveStage
+    from streaming.config import ServiceConfig
 
 HELP = "run the live decoder: ZeroMQ fluorescence in, decoded movie frames out"
 
@@ -57,14 +62,14 @@ def run(args: argparse.Namespace) -> int:
                 viewer.wait()
 
 
-def build_stage(config):  # type: ignore[no-untyped-def]
-    """The live reconstruction stage of ``[reconstruction]``, or None when disabled."""
-    r = config.reconstruction
-    if not r.enabled:
+def build_stage(config: ServiceConfig) -> LiveStage | None:
+    """The live reconstruction stage of ``config.reconstruction``, or None when it is disabled.
+
+    Raises ConfigError / BackendUnavailableError / ModelError at construction (no model
+    directory, a backend that cannot run here or cannot run the cached-context path).
+    """
+    if not config.reconstruction.enabled:
         return None
-    import dataclasses
+    from rt_decoder.recon.stage import LiveStage
 
-    from rt_decoder.recon.stage import LiveStage, StageSettings
-
-    fields = {f.name for f in dataclasses.fields(StageSettings)}
-    return LiveStage(StageSettings(**{k: v for k, v in dataclasses.asdict(r).items() if k in fields}))
+    return LiveStage(config.reconstruction)
