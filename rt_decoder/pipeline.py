@@ -36,7 +36,7 @@ import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -724,7 +724,15 @@ class DeconvStage(PassStage):
 
 
 class Reconstructor(Protocol):
-    """What ``ReconstructionStage`` drives (``rt_decoder.recon.stage.LiveStage``)."""
+    """What ``ReconstructionStage`` drives (``rt_decoder.recon.stage.LiveStage``, or
+    ``rt_decoder.recon.process.ReconstructionProcess`` running one in a child process).
+
+    ``model_deconv``: the deconvolution settings its model's training responses were made
+    with (the service runs the same, under its config's explicit ``[deconv]`` keys); empty
+    when it has none.
+    """
+
+    model_deconv: Mapping[str, Any]
 
     def reset(self, info: SessionInfo) -> None: ...
 
@@ -1035,7 +1043,10 @@ class Runner:
             run_chain(self.out_stages, out)
             return
         for it in out:
-            if isinstance(it, ActivityWindow):
+            if isinstance(it, ActivityWindow) and self._refused():
+                # a session the reconstruction refused: its activity goes out at once, in full
+                run_chain(self.out_stages, [it.frame.with_stamp("recon")])
+            elif isinstance(it, ActivityWindow):
                 self.submitted += 1
                 if self.handoff.put(it):
                     self.skipped += 1
@@ -1047,6 +1058,9 @@ class Runner:
                 # the reconstruction thread is idle after this (only this thread feeds it)
                 self.handoff.wait_idle(60.0)
                 run_chain([*self.recon_stages, *self.out_stages], [it])
+
+    def _refused(self) -> bool:
+        return any(isinstance(st, ReconstructionStage) and st.refused for st in self.recon_stages)
 
     def _reconstruct(self) -> None:
         while True:

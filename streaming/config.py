@@ -25,7 +25,6 @@ Imports the standard library, rt_decoder.errors/settings and the stages' setting
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,40 +36,7 @@ from rt_decoder.errors import ConfigError
 from rt_decoder.recon.stage import ReconstructionSettings
 from rt_decoder.settings import INTERNAL, build, render_toml, section, to_dict
 from rt_decoder.settings import option as _opt
-
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
-
-def is_loopback_address(address: str) -> bool:
-    """True for ``ipc://``/``inproc://`` and ``tcp://`` addresses on a loopback host.
-
-    ``tcp://*:port`` and ``tcp://0.0.0.0:port`` listen on every interface: not loopback.
-    """
-    if address.startswith(("ipc://", "inproc://")):
-        return True
-    if not address.startswith("tcp://"):
-        return False
-    rest = address[len("tcp://"):]
-    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
-    if ";" in host:  # zmq "source;destination" syntax: judge the destination
-        host = host.split(";")[-1]
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_address(address: str, *, allow_non_loopback: bool, what: str) -> None:
-    """Raise ``ConfigError`` unless ``address`` is a zmq endpoint allowed by the policy."""
-    if not address.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError(f"{what}: address {address!r} must start with tcp://, ipc:// or inproc://")
-    if not allow_non_loopback and not is_loopback_address(address):
-        raise ConfigError(
-            f"{what}: address {address!r} is not loopback; set allow_non_loopback = true in that "
-            "section to expose the service on a network (and consider CURVE keys)")
-
+from streaming.transport import check_address
 
 @dataclass(frozen=True)
 class InputSettings:

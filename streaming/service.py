@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rt_decoder.errors import ConfigError
+from rt_decoder.deconv.settings import DeconvSettings
 from rt_decoder.messages import SessionInfo
 from rt_decoder.pipeline import (
     ActivityPassThrough,
@@ -156,7 +156,7 @@ class DecoderService:
         self.runner: Runner | None = None
         self.output_stage: OutputStage | None = None
         self.recon_stage: ReconstructionStage | None = None
-        self.deconv_settings: Any = None
+        self.deconv_settings: DeconvSettings | None = None
         self._fatal: str | None = None
         self._synced: dict[str, int] = {}
         self._sync_lock = threading.Lock()
@@ -261,21 +261,13 @@ class DecoderService:
             self._stop_reason = reason
             self._stop_requested.set()
 
-    def _make_deconv_settings(self) -> Any:
-        from rt_decoder.deconv import DeconvSettings
-
-        # a model records the deconvolution its training responses came from: that is the
-        # base, the config's explicit [deconv] keys override it
-        model_deconv = dict(getattr(self.reconstructor, "model_deconv", {}) or {})
-        try:
-            return DeconvSettings.from_dict({**model_deconv, **self.config.deconv_dict})
-        except TypeError as exc:
-            raise ConfigError(f"[deconv]: {exc}") from None
-
     def build_stages(self) -> tuple[list[Stage], list[Stage], list[Stage]]:
         """The chain: (frame-thread stages, reconstruction stages, output stages)."""
         cfg, m = self.config, self.metrics
-        self.deconv_settings = self._make_deconv_settings()
+        # a model records the deconvolution its training responses came from: that is the
+        # base, the config's explicit [deconv] keys override it
+        model_deconv = self.reconstructor.model_deconv if self.reconstructor is not None else {}
+        self.deconv_settings = self.config.deconv_for_model(model_deconv)
         window = cfg.pipeline.recent_window_frames if self.reconstructor is not None else 0
 
         def on_session_end(session_id: str, n_frames: int) -> None:

@@ -13,9 +13,9 @@ from streaming.config import (
     ServiceConfig,
     config_from_dict,
     default_config_toml,
-    is_loopback_address,
     load_config,
 )
+from streaming.transport import is_loopback_address  # the one address policy
 
 
 def test_default_config_text_is_valid_toml_listing_every_option() -> None:
@@ -243,6 +243,6 @@ def test_settings_are_validated_however_they_are_made() -> None:
 
 
 def test_build_stage_is_none_when_disabled() -> None:
-    from rt_decoder.commands.serve import build_stage
+    from cli.commands.serve import build_stage
 
     assert build_stage(ServiceConfig().replace(reconstruction={"enabled": False})) is None

@@ -96,9 +96,18 @@ def test_live_stage_maps_rois_by_id_and_ignores_missing(model_dir: Path) -> None
                      np.tile(vals, (4, 1)))
     assert [d.frame_index for d in out] == [0, 1, 2]
     assert [d.frame_index for d in stage.flush()] == list(range(3, LAG + 3))
-    stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))
+    # a session sharing no ROI with the model, or too few, is refused at its start (the service
+    # then publishes its activity) and cannot be decoded
     with pytest.raises(StageError, match="none of its"):
+        stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))
+    with pytest.raises(StageError, match="nothing can be decoded"):
         stage(ActivityFrame(0, 0, 0, values=np.zeros(3, np.float32)), None)
+    with pytest.raises(StageError, match=r"cover 25% .*min_roi_coverage"):
+        stage.reset(SessionInfo("s3", ids[: N // 4], 30.0))
+    low = LiveStage(ReconstructionSettings(model_dir=str(model_dir), threads=1, min_roi_coverage=0.2,
+                                           live=LiveSettings(lag_frames=LAG, fixed_steps=1, max_members=1)))
+    low.reset(SessionInfo("s3", ids[: N // 4], 30.0))  # the threshold is configurable
+    assert low.roi_coverage == pytest.approx(0.25)
 
 
 def test_target_ramp_down_weights_the_newest_frames(model_dir: Path) -> None:

@@ -392,6 +392,8 @@ def test_service_restarted_mid_session_joins_late(tmp_path: Path, ctx: zmq.Conte
 class SlowStage:
     """A fake reconstruction stage that takes ``delay_s`` per call and emits one frame."""
 
+    model_deconv: dict[str, Any] = {}
+
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
         self.seen: list[int] = []

@@ -52,6 +52,13 @@ class ReconstructionSettings:
     threads: int = option(2, "intra-op threads of the encoder backend", 1, 256)
     cached_context: bool = option(True, "reuse the core features of frozen frames (exact for causal encoders; "
                                   "the tensorrt backend has no live graph and needs false)")
+    min_roi_coverage: float = option(0.5, "a session whose ROI ids cover less than this share of the model's "
+                                     "neurons is not reconstructed (its activity is published instead, with the "
+                                     "reason on the status channel)", 0.0, 1.0)
+    process: bool = option(True, "run the reconstruction in its own process at a lower CPU priority, so the frame "
+                           "path (intake, deconvolution, recording, output) never waits for it; false: a thread "
+                           "of the service")
+    process_nice: int = option(10, "CPU niceness added to the reconstruction process (0 = the service's)", 0, 19)
     live: LiveSettings = section(LiveSettings, "the live stage: lag, steps, budget, ensemble, warm start, blur")
 
     #: keys of the flat [reconstruction] table (before the live/optim subtables) -> new place
@@ -123,7 +130,14 @@ class LiveStage:
         return int(self.neuron_ids.size)
 
     def reset(self, info: SessionInfo) -> None:
-        """New session: match its ROIs to the model's neurons, clear the window."""
+        """New session: match its ROIs to the model's neurons, clear the window.
+
+        Raises
+        ------
+        StageError
+            The session's ROI ids cover less than ``min_roi_coverage`` of the model's
+            neurons (the service then publishes its activity instead).
+        """
         pos = {int(r): i for i, r in enumerate(info.roi_ids)}
         index = np.array([pos.get(int(n), -1) for n in self.neuron_ids], np.int64)
         present = index >= 0
@@ -131,10 +145,17 @@ class LiveStage:
         # the usual case: the session's ROIs are the model's neurons in the model's order
         self._identity = bool(present.all() and info.n_rois == self.n_neurons
                               and np.array_equal(index, np.arange(self.n_neurons)))
+        self.roi_coverage = float(present.mean())
         self._mismatch = "" if present.any() else (
             f"session {info.session_id!r}: none of its {info.n_rois} ROI ids is a neuron of the model in "
             f"{self.model_dir} ({self.n_neurons} neurons): nothing can be decoded")
-        self.roi_coverage = float(present.mean())
+        if self.roi_coverage < self.settings.min_roi_coverage:
+            self._mismatch = self._mismatch or (
+                f"session {info.session_id!r}: its {info.n_rois} ROI ids cover {self.roi_coverage:.0%} of the "
+                f"{self.n_neurons} neurons of the model in {self.model_dir} (at least "
+                f"{self.settings.min_roi_coverage:.0%} needed, [reconstruction] min_roi_coverage): wrong model or "
+                "wrong ROI ids? Not reconstructed; its activity is published instead")
+            raise StageError(self._mismatch)
         self.live.set_neuron_weights(present.astype(np.float32))
         self.live.reset()
 
