@@ -204,15 +204,14 @@ def transport_hop(n: int, frames: int, rate_hz: float = 200.0) -> dict[str, Any]
     import zmq
 
     from streaming import protocol as P
+    from streaming.transport import open_socket
 
     addr = _free_tcp()
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.rcvhwm = 1_000_000
+    sub = open_socket("sub", addr, bind=False, context=ctx, what="transport hop",
+                      options={"SUBSCRIBE": b"", "RCVHWM": 1_000_000}).sock
     src = _spawn_source(addr, n, rate_hz, frames, "hop", 0.3)
     hops = []
-    sub.connect(addr)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
@@ -261,6 +260,7 @@ def run_case(n: int, rate_hz: float, frames: int, workdir: Path, init_frames: in
     import zmq
 
     from streaming import protocol as P
+    from streaming.transport import open_socket
 
     src_addr, out_addr, status_addr = _free_tcp(), _free_tcp(), _free_tcp()
     tag = f"n{n}_r{int(rate_hz)}{'_recon' if reconstruction else ''}{'_load' if load else ''}"
@@ -288,13 +288,10 @@ init_frames = {init_frames}
 {recon_cfg}
 """)
     ctx = zmq.Context()
-    sink = ctx.socket(zmq.SUB)
-    sink.setsockopt(zmq.SUBSCRIBE, b"")
-    sink.rcvhwm = 1_000_000
-    sink.connect(out_addr)
-    status = ctx.socket(zmq.SUB)
-    status.setsockopt(zmq.SUBSCRIBE, b"")
-    status.connect(status_addr)
+    sink = open_socket("sub", out_addr, bind=False, context=ctx, what="sink",
+                       options={"SUBSCRIBE": b"", "RCVHWM": 1_000_000}).sock
+    status = open_socket("sub", status_addr, bind=False, context=ctx, what="status",
+                         options={"SUBSCRIBE": b""}).sock
     expected_s = frames / rate_hz if rate_hz > 0 else frames / 100.0
     hog = CpuHog(hog_core(), max_s=600 + 3 * expected_s) if load else None
     rows: list[list[int]] = []

@@ -183,6 +183,15 @@ def test_settings_and_mask_file_are_validated(tmp_path: Path) -> None:
         load_eval_mask(str(empty))
 
 
+def test_sink_command_refuses_a_non_loopback_address_unless_allowed(tmp_path: Path, capsys: Any) -> None:
+    from cli.main import main
+
+    rc = main(["sink", "--decoded", "tcp://192.0.2.1:5556", "--out", str(tmp_path / "out"), "--no-figures"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--decoded" in err and "not loopback" in err and "--allow-non-loopback" in err
+
+
 def test_run_sink_loop_on_in_memory_links() -> None:
     from streaming.transport import fake_pair
 
