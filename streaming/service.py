@@ -139,9 +139,15 @@ class DecoderService:
         self.config = config
         self.reconstructor = reconstructor
         self.metrics = MetricsRecorder(config.status.max_latency_samples)
-        self.metrics.notes["reconstruction"] = (
-            type(reconstructor).__name__ if reconstructor is not None
-            else "none: publishing ACTIVITY frames (the deconvolution output)")
+        from rt_decoder.recon.process import ReconstructionProcess
+
+        if isinstance(reconstructor, ReconstructionProcess):
+            note = f"{reconstructor.kind} in its own process (pid {reconstructor.pid})"
+        elif reconstructor is not None:
+            note = type(reconstructor).__name__
+        else:
+            note = "none: publishing ACTIVITY frames (the deconvolution output)"
+        self.metrics.notes["reconstruction"] = note
         self.context = context
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.state = State.STARTING
