@@ -94,6 +94,12 @@ class PipelineSettings:
     recent_window_frames: int = _opt(32, "activity frames handed to the reconstruction stage", 1, 10_000)
     max_gap_frames: int = _opt(3000, "a frame-index jump larger than this restarts the deconvolution "
                                "(new initial batch) instead of being bridged as missing frames", 1, 10_000_000)
+    confirm_jump_frames: int = _opt(30, "a frame index further than this from the running numbering (ahead or "
+                                    "back) is held until the next frame confirms it (a renumbering) or not (an "
+                                    "outlier, dropped)", 1, 1_000_000)
+    session_takeover_after_s: float = _opt(2.0, "a session_start of another session or publisher replaces the "
+                                           "running session only after that one ended or was silent this long",
+                                           0.0, 3600.0)
     warmup_rois: int = _opt(64, "ROIs of the dummy session run during warm-up", 1, 100_000)
     drain_timeout_s: float = _opt(5.0, "at SIGINT/SIGTERM: longest wait for queued frames to finish",
                                   0.0, 600.0)

@@ -280,7 +280,10 @@ class DecoderService:
             if cfg.pipeline.stop_on_session_end:
                 self.request_stop("session_end")
 
-        frame: list[Stage] = [IntakeStage(m), SessionStage(m, max_gap_frames=cfg.pipeline.max_gap_frames,
+        p = cfg.pipeline
+        frame: list[Stage] = [IntakeStage(m), SessionStage(m, max_gap_frames=p.max_gap_frames,
+                                                           confirm_jump_frames=p.confirm_jump_frames,
+                                                           takeover_after_s=p.session_takeover_after_s,
                                                            on_session_end=on_session_end)]
         out: list[Stage] = []
         if self.recorder is not None:
