@@ -213,14 +213,8 @@ def run_chain(stages: Sequence[Stage], items: list[Item]) -> list[Item]:
 
 
 class IntakeStage(PassStage):
-    """Counts every message and checks frame values.
-
-    A non-finite value (NaN, +-Inf) in a frame is a missing sample of that ROI: the frame
-    goes on (the deconvolution bridges the sample for that ROI only; activity sessions pass
-    it to the reconstruction as no evidence) and the values are counted in
-    ``nonfinite_values``. A frame with no finite value at all carries nothing: it is
-    dropped as malformed (``nonfinite``).
-    """
+    """Counts every message (``messages_received``); validation of a frame's values against
+    its session is the session stage's."""
 
     name = "intake"
 
@@ -228,21 +222,8 @@ class IntakeStage(PassStage):
         self.counters = counters
 
     def __call__(self, item: Item) -> list[Item]:
-        if not isinstance(item, Inbound):
-            return [item]
-        m = self.counters
-        m.count("messages_received")
-        msg = item.message
-        if msg.kind in (KIND_FRAME, KIND_ACTIVITY):
-            values = msg.body.values
-            finite = np.isfinite(values)
-            if not finite.all():
-                n_bad = int(values.size - np.count_nonzero(finite))
-                if n_bad == values.size:
-                    m.count_malformed("nonfinite")
-                    m.notes["last_malformed"] = f"frame {msg.body.frame_index}: no finite value"
-                    return []
-                m.count("nonfinite_values", n_bad)
+        if isinstance(item, Inbound):
+            self.counters.count("messages_received")
         return [item]
 
 
@@ -252,7 +233,8 @@ class SessionStage(PassStage):
     A ``session_start`` with a new id, a new ROI count, or the same id with its sequence
     restarted begins a new session (``SessionStarted``); frames of another session, or
     before any, are counted and dropped (``frames_before_info``). Sequence gaps count
-    ``messages_lost`` (a jump beyond ``MAX_SEQ_GAP`` is a new numbering: ``seq_jumps``).
+    ``messages_lost``; a jump beyond ``MAX_SEQ_GAP`` is no loss anyone could have had: counted
+    once (``seq_jumps``) and followed only when the next message continues from it.
 
     Frame indices: a small step back (up to ``confirm_jump_frames``) is a duplicate or
     reordered frame, dropped (``stale_frame_index``); a jump ahead of up to
@@ -293,6 +275,7 @@ class SessionStage(PassStage):
                  takeover_after_s: float = 2.0, on_session_end: Callable[[str, int], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.counters = counters
+        self._seq_jump: int | None = None
         self.takeover_after_s = float(takeover_after_s)
         self._clock = clock
         self._last_heard = 0.0
@@ -311,10 +294,16 @@ class SessionStage(PassStage):
         m = self.counters
         if self._last_seq is not None:
             expected = self._last_seq + 1
+            if self._seq_jump is not None:
+                jumped, self._seq_jump = self._seq_jump, None
+                if jumped < seq <= jumped + MAX_CONTROL_SEQ_GAP:
+                    self._last_seq = seq  # the next message continues the jump: a new numbering, followed
+                    return
             if seq > expected + MAX_SEQ_GAP:
-                # not a loss anyone could have had: the numbering jumped (counted, followed)
+                # not a loss anyone could have had: counted once, followed only if the next
+                # message continues from it
                 m.count("seq_jumps")
-                self._last_seq = seq
+                self._seq_jump = seq
                 return
             if seq > expected:
                 m.count("messages_lost", seq - expected)
@@ -401,6 +390,7 @@ class SessionStage(PassStage):
         m.session_id = info.session_id
         self.info = info
         self._last_seq = seq
+        self._seq_jump = None
         self._last_frame_index = None
         self._held = None
         self._peer = peer
@@ -420,6 +410,17 @@ class SessionStage(PassStage):
             m.notes["last_malformed"] = (f"frame {frame.frame_index} has {frame.values.shape[0]} values, "
                                          f"session {info.session_id} has {info.n_rois} ROIs")
             return []
+        finite = np.isfinite(frame.values)
+        if not finite.all():
+            # a non-finite value is a missing sample of that ROI (the deconvolution bridges it; an
+            # activity session passes it to the reconstruction as no evidence); a frame with no
+            # finite value at all carries nothing
+            n_bad = int(frame.values.size - np.count_nonzero(finite))
+            if n_bad == frame.values.size:
+                m.count_malformed("nonfinite")
+                m.notes["last_malformed"] = f"frame {frame.frame_index}: no finite value"
+                return []
+            m.count("nonfinite_values", n_bad)
         frame = dataclasses.replace(frame, stamps=frame.stamps + (("rx", item.rx_ns), ("decode", item.decode_ns)))
         fi, out = int(frame.frame_index), []
         bound = self.confirm_jump_frames
@@ -1017,7 +1018,13 @@ class Runner:
     def _receive(self) -> None:
         src, q = self.source, self.intake
         while not self._stop.is_set():
-            msg = src.recv(50)
+            try:
+                msg = src.recv(50)
+            except Exception as exc:  # noqa: BLE001 -- the input must outlive any one bad event
+                self.counters.count("input_errors")
+                self.counters.notes["last_input_error"] = f"{type(exc).__name__}: {exc}"[:300]
+                self._stop.wait(0.05)
+                continue
             if msg is None:
                 continue
             item = Inbound(msg, src.last_recv_ns, now_ns(), src.last_peer)

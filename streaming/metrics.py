@@ -82,6 +82,7 @@ COUNTER_NAMES: tuple[str, ...] = (
     "seq_jumps",             # sequence numbers that jumped too far to be losses (a new numbering)
     "input_disconnects",     # input connections that dropped (peer gone, or an oversized message cut)
     "input_handshake_failures",  # input peers refused in the handshake (CURVE: wrong or no key)
+    "input_errors",          # exceptions while receiving (counted; the receiver carries on)
     "input_socket_rebuilds",  # times the input socket was rebuilt because ZeroMQ would not reconnect
 )
 

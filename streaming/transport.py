@@ -136,8 +136,9 @@ class Curve:
     server_public_key_file: str = ""
 
 
-def _apply_curve(sock: Any, curve: Curve, context: Any) -> Any:
-    """Configure CURVE on ``sock``; returns the started authenticator (or None)."""
+def _apply_curve(sock: Any, curve: Curve, context: Any, authenticator: Any = None) -> Any:
+    """Configure CURVE on ``sock``; returns the authenticator serving it (started here unless
+    ``authenticator`` is given), or None."""
     import zmq.auth
 
     public, secret = zmq.auth.load_certificate(curve.secret_key_file)
@@ -152,6 +153,8 @@ def _apply_curve(sock: Any, curve: Curve, context: Any) -> Any:
     sock.curve_server = True
     if not curve.authorized_keys_dir:
         return None
+    if authenticator is not None:
+        return authenticator
     from zmq.auth.thread import ThreadAuthenticator
 
     auth = ThreadAuthenticator(context)
@@ -218,6 +221,11 @@ class ZmqSocket:
     def poll(self, timeout: int | None = None, flags: int = POLLIN) -> int:
         return int(self.sock.poll(timeout, flags))
 
+    def detach_authenticator(self) -> Any:
+        """Take the CURVE authenticator away (``close`` will not stop it): for a rebuild."""
+        auth, self._auth = self._auth, None
+        return auth
+
     def close(self, linger: int | None = None) -> None:
         if self._monitor is not None:
             try:
@@ -234,7 +242,7 @@ class ZmqSocket:
 
 def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool = False,
                 options: Mapping[str, Any] | None = None, curve: Curve | None = None, context: Any = None,
-                what: str = "", monitor: bool = False) -> ZmqSocket:
+                what: str = "", monitor: bool = False, authenticator: Any = None) -> ZmqSocket:
     """Create, configure and bind or connect one ZeroMQ socket: the one place that does it.
 
     Parameters
@@ -256,6 +264,9 @@ def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool
         Named in errors (e.g. ``"[input]"``).
     monitor : bool
         Watch the socket's connection events (``ZmqSocket.events``).
+    authenticator : zmq.auth.thread.ThreadAuthenticator, optional
+        A running CURVE authenticator to reuse (a rebuilt socket keeps its predecessor's:
+        only one can serve a context's ZAP endpoint).
 
     Raises
     ------
@@ -277,7 +288,7 @@ def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool
         for name, value in (options or {}).items():
             sock.setsockopt(getattr(zmq, name), value)
         if curve is not None:
-            auth = _apply_curve(sock, curve, ctx)
+            auth = _apply_curve(sock, curve, ctx, authenticator)
         if bind:
             sock.bind(address)
             endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
@@ -286,7 +297,7 @@ def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool
             endpoint = address
     except zmq.ZMQError as exc:
         mon.close(linger=0) if mon is not None else sock.close(linger=0)
-        if auth is not None:
+        if auth is not None and auth is not authenticator:
             auth.stop()
         raise ConfigError(f"{what + ': ' if what else ''}cannot {'bind' if bind else 'connect'} "
                           f"{address!r}: {exc}") from None
@@ -784,17 +795,17 @@ class StreamSubscriber:
         self.reject_nonfinite = reject_nonfinite
         self.check_n_rois = check_n_rois
         self.on_reject = on_reject
-        self._open: Callable[[], ZmqSocket] | None = None
+        self._open: Callable[..., ZmqSocket] | None = None
         self._bind = bind
         if isinstance(socket_or_address, str):
             limit = 4 * self.max_bytes if zmq_max_bytes is None else int(zmq_max_bytes)
             opts = {"RCVHWM": int(rcvhwm), "LINGER": int(linger_ms), "MAXMSGSIZE": limit, "SUBSCRIBE": b""}
             address = socket_or_address
 
-            def _open() -> ZmqSocket:
+            def _open(auth: Any = None) -> ZmqSocket:
                 return open_socket("sub", address, bind=bind, options=opts, curve=curve, context=context,
                                    allow_non_loopback=allow_non_loopback or bool(allow_remote), what=what,
-                                   monitor=supervise)
+                                   monitor=supervise, authenticator=auth)
 
             self._open = _open
             sock = _open()
@@ -967,11 +978,18 @@ class StreamSubscriber:
             except WouldBlock:
                 break
         assert self._open is not None
+        self._last_rebuild = now
+        auth = sock.detach_authenticator()  # one authenticator per context's ZAP endpoint: keep it
+        try:
+            new = self._open(auth)
+        except ConfigError as exc:  # e.g. the old endpoint not yet released: the next check retries
+            sock._auth = auth
+            self.link_events.append(f"REBUILD_FAILED: {exc}"[:200])
+            return
         sock.close(linger=0)
-        self._socket = self._open()
+        self._socket = new
         self.counters.socket_rebuilds += 1
         self._dropped_at = None
-        self._last_rebuild = now
         self.link_events.append("REBUILT")
 
     def drain_events(self) -> list[StreamEvent]:

@@ -304,6 +304,9 @@ def test_huge_sequence_numbers_do_not_overflow_the_counters() -> None:
     body = FluorescenceFrame(0, 0, 0, values=np.zeros(3, np.float32))
     st(Inbound(P.Envelope(P.KIND_FRAME, "s", 2**64 - 1, 0, body), 1, 2))
     assert m.counters["seq_jumps"] == 1 and m.counters["messages_lost"] == 0
+    # the next message continues the old numbering: the jump was one odd message, nothing else
+    assert _indices(frame(1)) == [1]
+    assert m.malformed["seq_regress"] == 0 and m.counters["messages_lost"] == 0
     import msgpack
 
     msgpack.packb(m.snapshot())  # the status message packs
