@@ -307,6 +307,18 @@ def join_session(serve: Serve, pub: Publisher, timeout_s: float = TIMEOUT_S) -> 
                 raise
 
 
+def doc_example_sender() -> str:
+    """The python sender example of docs/protocol.md section 13.1 (the only one there)."""
+    import re
+
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    start = doc.index("### 13.1 ")
+    end = doc.index("\n### ", start + 1)
+    blocks = re.findall(r"```python\n(.*?)```", doc[start:end], re.S)
+    assert len(blocks) == 1, "docs/protocol.md section 13.1 must hold exactly one python example"
+    return blocks[0]
+
+
 def _toml(sections: dict[str, dict[str, Any]]) -> str:
     lines = []
     for name, values in sections.items():

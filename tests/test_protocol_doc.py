@@ -23,7 +23,7 @@ from rt_decoder import pipeline
 from streaming import metrics as M
 from streaming import protocol as P
 from streaming.service import State
-from tests._serve import ENV, REPO, Serve, tcp
+from tests._serve import ENV, REPO, Serve, doc_example_sender
 
 DOC = (REPO / "docs" / "protocol.md").read_text()
 #: the service's modules that count (the pipeline, the service, the recorder)
@@ -211,17 +211,11 @@ def test_the_numbers_in_the_session_and_frame_index_rules_are_the_code_constants
     assert f"2 x [input] max_message_bytes + {P.MAX_HEADER_BYTES:,}" in flat(section("13.2"))
 
 
-def example_sender() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", section("13.1"), re.S)
-    assert len(blocks) == 1, "section 13.1 must hold exactly one python example"
-    return blocks[0]
-
-
 def test_the_doc_sender_waits_for_ready_and_every_frame_comes_out(tmp_path: Path) -> None:
     """The doc's example, as a separate process, against a real serve that is still compiling
     when the example starts (so the wait for READY is exercised)."""
     script = tmp_path / "sender.py"
-    script.write_text(example_sender())
+    script.write_text(doc_example_sender())
     n_frames, n_rois = 60, 50
     srv = Serve(tmp_path, {"pipeline": {"stop_on_session_end": True}})
     sender = None
