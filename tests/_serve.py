@@ -155,7 +155,7 @@ class Serve:
         self.status_sock.close(linger=0)
         if self.out is not None:
             self.out.close(linger=0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)  # also closes any publisher socket a failed test left open
 
     # -- status channel
     def poll_status(self, timeout_ms: int = 0) -> P.Envelope | None:
@@ -235,15 +235,38 @@ class Publisher:
     """
 
     def __init__(self, ctx: zmq.Context, address: str, *, bind: bool, sid: str, n_rois: int,
-                 activity: bool = True, rate_hz: float = 30.0) -> None:
+                 activity: bool = True, rate_hz: float = 30.0, curve: tuple[bytes, bytes, bytes] | None = None) -> None:
         self.sock = ctx.socket(zmq.XPUB)
         self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.sock.setsockopt(zmq.SNDHWM, 1_000_000)
         self.sock.setsockopt(zmq.LINGER, 2_000)
-        (self.sock.bind if bind else self.sock.connect)(address)
+        if curve is not None:  # (own public key, own secret key, the service's public key)
+            self.sock.curve_publickey, self.sock.curve_secretkey, self.sock.curve_serverkey = curve
+        try:
+            if bind:  # the address may still be held by a socket closed a moment ago
+                deadline = time.monotonic() + 10.0
+                while True:
+                    try:
+                        self.sock.bind(address)
+                        break
+                    except zmq.ZMQError as exc:
+                        if exc.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.05)
+            else:
+                self.sock.connect(address)
+        except BaseException:
+            self.sock.close(linger=0)
+            raise
         self.info = SessionInfo(sid, np.arange(n_rois), rate_hz, is_activity=activity, source="test")
         self.seq = 0
         self.subscriptions = 0
+
+    def new_session(self, sid: str) -> None:
+        """Switch this publisher to a new session id, numbered from 0 again."""
+        self.info = SessionInfo(sid, self.info.roi_ids, self.info.frame_rate_hz, is_activity=self.info.is_activity,
+                                source="test")
+        self.seq = 0
 
     @property
     def sid(self) -> str:

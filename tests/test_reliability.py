@@ -515,3 +515,112 @@ def test_a_slow_output_subscriber_sees_exactly_the_gaps_counted_as_output_droppe
         gaps += seqs[-1] + 1 - start - len(seqs)
     assert any(e.kind == P.KIND_SESSION_END and e.session_id == "slow" for e in srv.output_seen)
     assert c["output_dropped"] == gaps > 0
+
+
+# ---------------------------------------------------------------------------- CURVE
+
+
+def curve_keys(tmp_path: Path) -> dict[str, Any]:
+    """A service key pair and two authorised publisher key pairs (zmq.auth files)."""
+    import zmq.auth
+
+    keys, allowed = tmp_path / "keys", tmp_path / "authorized"
+    keys.mkdir()
+    allowed.mkdir()
+    out: dict[str, Any] = {"dir": allowed}
+    for name in ("server", "a", "b"):
+        public_file, secret_file = zmq.auth.create_certificates(str(keys), name)
+        out[name] = zmq.auth.load_certificate(secret_file)  # (public, secret)
+        out[name + "_secret_file"] = secret_file
+        if name != "server":
+            (allowed / f"{name}.key").write_bytes(Path(public_file).read_bytes())
+    return out
+
+
+def test_curve_key_is_the_publisher_identity(tmp_path: Path) -> None:
+    """With an authorised-keys directory only the session's key controls it: another
+    authorised key cannot end it with the right seq nor restart it under its id; the
+    owner's key starts a new session at once."""
+    k = curve_keys(tmp_path)
+    srv = Serve(tmp_path, {"input": {"bind": True, "curve_secret_key_file": k["server_secret_file"],
+                                     "curve_authorized_keys_dir": str(k["dir"])}})
+    a = Publisher(srv.ctx, srv.input_address, bind=False, sid="a1", n_rois=8, curve=(*k["a"], k["server"][0]))
+    b = Publisher(srv.ctx, srv.input_address, bind=False, sid="a1", n_rois=8, curve=(*k["b"], k["server"][0]))
+    try:
+        srv.start()
+        srv.wait_ready()
+        join_session(srv, a)
+        b.wait_subscribed()
+        for i in range(20):
+            a.frame(i)
+        srv.wait_output_frames("a1", 20)
+        b.session_end(20, seq=a.seq)  # the right seq, the wrong key
+        srv.wait_counter("session_control_refused", 1)
+        b.session_start(seq=0)  # a1 "restarted" from another key
+        srv.wait_counter("session_takeover_refused", 1)
+        for i in range(20, 40):
+            a.frame(i)
+        srv.wait_output_frames("a1", 40)
+        t0 = time.monotonic()
+        a.new_session("a2")  # the same key, a new session: accepted at once
+        join_session(srv, a)
+        at_once = time.monotonic() - t0
+        for i in range(10):
+            a.frame(i)
+        a.session_end(10)
+        srv.wait_output_frames("a2", 10)
+        summary = srv.stop()
+    finally:
+        a.close()
+        b.close()
+        srv.close()
+    assert at_once < 1.5, at_once
+    assert [e.body.frame_index for e in srv.output_frames("a1")] == list(range(40))
+    c = summary["counters"]
+    assert c["session_control_refused"] == 1 and c["session_takeover_refused"] == 1
+    assert c["sessions_started"] == 2 and c["session_restarts"] == 1
+    assert c["frames_received"] == c["frames_published"] == 50 and summary["malformed_total"] == 0
+
+
+def test_a_failed_curve_handshake_in_the_connect_layout_is_counted_and_the_input_recovers(tmp_path: Path) -> None:
+    k = curve_keys(tmp_path)
+    srv = Serve(tmp_path, {"input": {"bind": False, "curve_secret_key_file": k["server_secret_file"],
+                                     "curve_authorized_keys_dir": str(k["dir"])}})
+    a = Publisher(srv.ctx, srv.input_address, bind=True, sid="c1", n_rois=8, curve=(*k["a"], k["server"][0]))
+    plain = a2 = None
+    try:
+        srv.start()
+        srv.wait_ready()
+        join_session(srv, a)
+        for i in range(20):
+            a.frame(i)
+        srv.wait_output_frames("c1", 20)
+        seq = a.seq
+        a.sock.close(linger=0)  # the authorised publisher goes; a plain one takes its address
+        plain = Publisher(srv.ctx, srv.input_address, bind=True, sid="plain", n_rois=8)
+        srv.wait_counter("input_handshake_failures", 1)
+        for i in range(30):  # it sends for a while: nothing of it gets through
+            plain.frame(i)
+            time.sleep(0.05)
+        plain.sock.close(linger=0)
+        # the authorised publisher is back (same session, numbering continued)
+        a2 = Publisher(srv.ctx, srv.input_address, bind=True, sid="c1", n_rois=8, curve=(*k["a"], k["server"][0]))
+        a2.seq = seq
+        a2.wait_subscribed(1, TIMEOUT_S)
+        for i in range(20, 50):
+            a2.frame(i)
+        a2.session_end(50)
+        out = srv.wait_output_frames("c1", 50)
+        summary = srv.stop()
+    finally:
+        a.close()
+        for p in (plain, a2):
+            if p is not None:
+                p.close()
+        srv.close()
+    assert [e.body.frame_index for e in out] == list(range(50))
+    c = summary["counters"]
+    # libzmq gives up on the connection after a failed handshake: the service rebuilt its socket
+    assert c["input_handshake_failures"] >= 1 and c["input_socket_rebuilds"] >= 1
+    assert c["frames_received"] == c["frames_published"] == 50
+    assert c["messages_lost"] == 0 and c["frames_before_info"] == 0 and summary["malformed_total"] == 0
