@@ -12,7 +12,7 @@ on its status channel (after its warm-up). Cases (``--cases``, default all):
 - ``hop``: the transport hop alone (source -> this process, no service, paced at 200 Hz
   so nothing queues), per N;
 - ``30hz``: 30 Hz for ``--duration-s`` seconds (60 by default), per N, reconstruction off
-  (the service publishes activity frames; ``recon`` is the pass-through slot);
+  (the service publishes activity frames; ``recon`` is the pass-through stamp);
 - ``max``: as fast as possible (``rate_hz = 0``, a fixed number of frames), per N,
   reconstruction off;
 - ``recon``: 8,000 ROIs at 30 Hz for ``--duration-s``, reconstruction on (the service's
@@ -21,7 +21,10 @@ on its status channel (after its warm-up). Cases (``--cases``, default all):
 - ``load``: the same as ``recon`` while a CPU hog (a separate process running a pure-Python
   busy loop, pinned with ``os.sched_setaffinity`` to one core: the last of this process's
   CPUs) burns that core from before ``serve`` starts (so its warm-up sees the load too) to
-  the end of the case.
+  the end of the case;
+- ``load_thread``: ``load`` with ``[reconstruction] process = false`` (the reconstruction on a
+  thread of the service, as before it had its own process): the isolation's effect, measured
+  in the same run.
 
 Every case entry reports ``load`` (true/false), ``reconstruction``, ``frame_path_ms_p50`` /
 ``frame_path_ms_p99`` (receive -> activity ready, deconvolution included: the service's own
@@ -204,15 +207,14 @@ def transport_hop(n: int, frames: int, rate_hz: float = 200.0) -> dict[str, Any]
     import zmq
 
     from streaming import protocol as P
+    from streaming.transport import open_socket
 
     addr = _free_tcp()
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.rcvhwm = 1_000_000
+    sub = open_socket("sub", addr, bind=False, context=ctx, what="transport hop",
+                      options={"SUBSCRIBE": b"", "RCVHWM": 1_000_000}).sock
     src = _spawn_source(addr, n, rate_hz, frames, "hop", 0.3)
     hops = []
-    sub.connect(addr)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
@@ -251,7 +253,8 @@ def _wait_ready(status: Any, srv: subprocess.Popen[str], timeout_s: float) -> st
 
 
 def run_case(n: int, rate_hz: float, frames: int, workdir: Path, init_frames: int,
-             settle_s: float = SETTLE_S, *, reconstruction: bool = False, load: bool = False) -> dict[str, Any]:
+             settle_s: float = SETTLE_S, *, reconstruction: bool = False, load: bool = False,
+             recon_process: bool = True) -> dict[str, Any]:
     """One source -> serve -> sink run; per-stage latencies from the output frames' stamps.
 
     ``reconstruction`` runs the service's live reconstruction (default settings, the shipped
@@ -261,13 +264,17 @@ def run_case(n: int, rate_hz: float, frames: int, workdir: Path, init_frames: in
     import zmq
 
     from streaming import protocol as P
+    from streaming.transport import open_socket
 
     src_addr, out_addr, status_addr = _free_tcp(), _free_tcp(), _free_tcp()
-    tag = f"n{n}_r{int(rate_hz)}{'_recon' if reconstruction else ''}{'_load' if load else ''}"
+    tag = (f"n{n}_r{int(rate_hz)}{'_recon' if reconstruction else ''}{'_load' if load else ''}"
+           f"{'' if recon_process else '_thread'}")
     summary = workdir / f"{tag}.summary.json"
     cfg = workdir / f"{tag}.toml"
     recon_cfg = ("# the service's default live reconstruction, shipped demo model\nenabled = true" if reconstruction
                  else "# intake + deconvolution + publish only\nenabled = false")
+    if reconstruction and not recon_process:
+        recon_cfg += "\n# the reconstruction on a thread of the service (before its own process)\nprocess = false"
     cfg.write_text(f"""
 [input]
 address = "{src_addr}"
@@ -288,13 +295,10 @@ init_frames = {init_frames}
 {recon_cfg}
 """)
     ctx = zmq.Context()
-    sink = ctx.socket(zmq.SUB)
-    sink.setsockopt(zmq.SUBSCRIBE, b"")
-    sink.rcvhwm = 1_000_000
-    sink.connect(out_addr)
-    status = ctx.socket(zmq.SUB)
-    status.setsockopt(zmq.SUBSCRIBE, b"")
-    status.connect(status_addr)
+    sink = open_socket("sub", out_addr, bind=False, context=ctx, what="sink",
+                       options={"SUBSCRIBE": b"", "RCVHWM": 1_000_000}).sock
+    status = open_socket("sub", status_addr, bind=False, context=ctx, what="status",
+                         options={"SUBSCRIBE": b""}).sock
     expected_s = frames / rate_hz if rate_hz > 0 else frames / 100.0
     hog = CpuHog(hog_core(), max_s=600 + 3 * expected_s) if load else None
     rows: list[list[int]] = []
@@ -385,7 +389,8 @@ init_frames = {init_frames}
     e2e = stages["e2e"]
     period_ms = 1e3 / rate_hz if rate_hz > 0 else float("nan")
     return {
-        "neurons": n, "rate_hz": rate_hz, "load": load, "reconstruction": reconstruction, "stages": stages,
+        "neurons": n, "rate_hz": rate_hz, "load": load, "reconstruction": reconstruction,
+        "recon_process": bool(reconstruction and recon_process), "stages": stages,
         "frame_path_ms_p50": frame_path["p50"], "frame_path_ms_p99": frame_path["p99"],
         "frame_path_source": frame_path_source,
         "e2e_ms_p50": e2e["p50"], "e2e_ms_p99": e2e["p99"], "e2e_ms_max": e2e["max"],
@@ -397,6 +402,9 @@ init_frames = {init_frames}
         "gaps": int(c.get("messages_lost", 0) + c.get("frames_missing", 0) + c.get("intake_overflow", 0)
                     + out_gaps),
         "skips": int(c.get("skipped_frames", 0)), "malformed": int(serve_summary.get("malformed_total", 0)),
+        "recon_unoptimised_frames": int(serve_summary.get("reconstruction", {}).get("recon_unoptimised_frames", 0)),
+        "real_time_at_end": serve_summary.get("real_time"),
+        "not_real_time_events": int(c.get("not_real_time_events", 0)),
         "counters": c, "notes": serve_summary.get("notes", {}), "states": states,
         "hog": hog.report if hog is not None else None,
         "throughput_fps": float(throughput), "source_send_s": sent["send_s"],
@@ -433,7 +441,7 @@ def plot(cases: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-CASES = ("hop", "30hz", "max", "recon", "load")
+CASES = ("hop", "30hz", "max", "recon", "load", "load_thread")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,7 +469,11 @@ def main(argv: list[str] | None = None) -> int:
         duration_s, max_frames, hop_frames, init_frames, settle_s = 5.0, 1500, 300, 30, 1.0
     else:
         neurons = [1000, 8000, 30000]
-        duration_s, max_frames, hop_frames, init_frames, settle_s = args.duration_s, 5000, 2000, 300, SETTLE_S
+        from rt_decoder.deconv import DeconvSettings
+
+        # the service's own initial batch (the [deconv] default)
+        duration_s, max_frames, hop_frames, settle_s = args.duration_s, 5000, 2000, SETTLE_S
+        init_frames = DeconvSettings().init_frames
     if args.neurons:
         neurons = [int(v) for v in args.neurons.split(",")]
     t_start = time.monotonic()
@@ -495,10 +507,10 @@ def main(argv: list[str] | None = None) -> int:
                 case = run_case(n, rate, frames, work, init_frames, settle_s)
                 cases.append(case)
                 report(case)
-        for name in ("recon", "load"):
+        for name in ("recon", "load", "load_thread"):
             if name in chosen:
                 case = run_case(8000, 30.0, int(duration_s * 30.0), work, init_frames, settle_s,
-                                reconstruction=True, load=name == "load")
+                                reconstruction=True, load=name != "recon", recon_process=name != "load_thread")
                 cases.append(case)
                 report(case)
     out = Path(args.out)

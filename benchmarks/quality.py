@@ -15,7 +15,7 @@ ids it was trained on):
 
 Responses are deconvolved from the rig's fluorescence by the online deconvolution stage, as
 the model was trained. Settings come from the library's own defaults (``OfflineSettings``; live: the service's
-``[reconstruction]`` defaults, ``StageSettings().live_settings()``), so the figures are those
+``[reconstruction]`` defaults, ``ReconstructionSettings().live``), so the figures are those
 of the product as shipped.
 
 Cases (JSON keys):
@@ -58,6 +58,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rt_decoder.recon.live import LiveSettings
+from rt_decoder.recon.stage import ReconstructionSettings
 
 VALIDATION_OFFSET = 500
 DEFAULT_DATA_CURVE = Path(__file__).resolve().parent / "results" / "encoder_data_curve.json"
@@ -236,15 +239,19 @@ class _Runner:
             curve.append({"iterations": c, "single": float(single), "ensemble": float(ens)})
         return curve
 
-    def live(self, trials: list[dict[str, Any]], settings: Any) -> tuple[float, list[float], int, int, np.ndarray]:
+    def live(self, trials: list[dict[str, Any]], settings: LiveSettings) -> tuple[float, list[float], int, int,
+                                                                                   np.ndarray]:
+        """The live stage as ``serve`` builds it (``ReconstructionSettings`` defaults) with ``settings``."""
         from rt_decoder.recon import LiveReconstructor
         from rt_decoder.recon.runner import open_model
 
-        op = open_model(self.model_dir, threads=self.args.threads, live_frames=settings.lag_frames + 1)
+        rs = replace(ReconstructionSettings(), threads=self.args.threads, live=settings)
+        op = open_model(self.model_dir, threads=rs.threads, live_frames=rs.live_frames)
         cs, times, skipped, members = [], [], 0, 0
         v = np.zeros(0)
         for tr in trials:
-            stage = LiveReconstructor(op.encoders, op.train_mask, settings, amortised=self.amortised)
+            stage = LiveReconstructor(op.encoders, op.train_mask, rs.live, cached_context=rs.cached_context,
+                                      amortised=self.amortised)
             stage.warmup(5)
             members = stage.n_members_active
             v, ts, sk = simulate_live(stage, tr["fluorescence"], tr["behaviour"], tr["frame_rate_hz"],
@@ -268,7 +275,6 @@ def _checkpoints(n: int) -> list[int]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from rt_decoder.recon import OfflineSettings
     from rt_decoder.recon.offline import blur_video, reconstruct_single
-    from rt_decoder.recon.stage import StageSettings
     from rt_decoder.recon.runner import neuron_subset_weights
 
     t_start = time.perf_counter()
@@ -305,7 +311,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ens_videos = [blur(np.mean(m, axis=0)) for m in mv]
 
     # ---- the live stage with the shipped defaults at each lag
-    defaults = StageSettings().live_settings()      # what `serve` runs by default
+    defaults = ReconstructionSettings().live      # what `serve` runs by default
     live, live_videos = [], {}
     for lag in args.lags:
         st = replace(defaults, lag_frames=lag)
@@ -427,7 +433,6 @@ SWEEP_OFFLINE = [
 def sweep(args: argparse.Namespace) -> dict[str, Any]:
     """Validation trials only: the offline step rules of SWEEP_OFFLINE and a live grid."""
     from rt_decoder.recon import OfflineSettings, OptimSettings
-    from rt_decoder.recon.stage import StageSettings
 
     r = _Runner(args)
     val = r.val
@@ -452,13 +457,13 @@ def sweep(args: argparse.Namespace) -> dict[str, Any]:
             f"{c}:{u:.3f}/{e['single']:.3f}" for c, u, e in zip(cps, unbl, curve)), flush=True)
     out["offline"] = rows
     live_rows = []
-    base = StageSettings().live_settings()
+    base = ReconstructionSettings().live
     for lr in args.sweep_live_lr:
         for steps in args.sweep_live_steps:
             for am in ([True, False] if r.amortised is not None else [False]):
-                st = replace(base, lag_frames=10, steps_per_member=steps, amortised_start=am,
-                             optim=replace(base.optim, learning_rate_px=lr))
-                c, times, skipped, members, _ = r.live(val, st)
+                lst = replace(base, lag_frames=10, steps_per_member=steps, amortised_start=am,
+                              optim=replace(base.optim, learning_rate_px=lr))
+                c, times, skipped, members, _ = r.live(val, lst)
                 live_rows.append({"learning_rate_px": lr, "steps_per_member": steps, "amortised": am,
                                   "video_corr": c, "frame_ms_p99": float(np.percentile(times, 99)),
                                   "skipped": skipped, "members": members})
@@ -514,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-curve", default=str(DEFAULT_DATA_CURVE),
                    help="JSON of python -m benchmarks.encoder_data (default: the committed result)")
     p.add_argument("--skip-frames", type=int, default=30, help="leading frames left out of the score")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=ReconstructionSettings().threads,
+                   help="encoder threads (default: the service's [reconstruction] threads)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-figures", dest="figures", action="store_false")
     p.add_argument("--sweep", action="store_true",

@@ -31,11 +31,12 @@ This module imports numpy and the core only: never zmq, streaming or bindings.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -530,13 +531,21 @@ class DeconvStage(PassStage):
     Activity frames (``SessionInfo.is_activity`` sessions) pass with a ``deconv`` stamp.
     With ``window_frames`` > 0 the output is an ``ActivityWindow`` (frame + the freshest
     estimates of the last ``window_frames`` frames, for the reconstruction), else the
-    ``ActivityFrame``. During the deconvolution's initial batch (its output is all zeros)
-    no window goes on: ``frames_before_deconv_ready`` counts them.
+    ``ActivityFrame``.
+
+    The initial batch runs off the frame path: the frame (or gap) that completes it is
+    handed, with every frame that arrives meanwhile, to a background thread, which runs the
+    parameter estimation and then catches up on those frames in order, exactly as the
+    deconvolver would have in line (same calls, same results). Until it has caught up,
+    frames keep flowing with zero activity (``frames_before_deconv_ready`` counts them when
+    a reconstruction waits for windows; decoding starts once the parameters are ready).
+    ``background_init=False`` runs it in line instead.
     """
 
     name = "deconv"
 
-    def __init__(self, settings: Any, counters: Counters, *, window_frames: int = 0) -> None:
+    def __init__(self, settings: Any, counters: Counters, *, window_frames: int = 0,
+                 background_init: bool = True) -> None:
         from rt_decoder.deconv import DeconvSettings
 
         if not isinstance(settings, DeconvSettings):
@@ -549,14 +558,23 @@ class DeconvStage(PassStage):
         self.settings = settings
         self.counters = counters
         self.window_frames = int(window_frames)
+        self.background_init = bool(background_init)
         self.deconv: Any = None
         self._recent: np.ndarray | None = None
+        self._lock = threading.Lock()
+        self._backlog: collections.deque[FluorescenceFrame | FrameGap] = collections.deque()
+        self._init_thread: threading.Thread | None = None
+        self._init_error: BaseException | None = None
 
     def reset(self, info: SessionInfo) -> None:
         from rt_decoder.deconv import OnlineDeconvolver
 
-        self.deconv = None if info.is_activity else OnlineDeconvolver(self.settings, info.n_rois,
-                                                                       info.frame_rate_hz)
+        with self._lock:  # a background catch-up of the previous session stops at its next item
+            self._backlog.clear()
+            self._init_thread = None
+            self._init_error = None
+            self.deconv = None if info.is_activity else OnlineDeconvolver(self.settings, info.n_rois,
+                                                                           info.frame_rate_hz)
         self._recent = (np.zeros((self.window_frames, info.n_rois), np.float32)
                         if (self.window_frames and info.is_activity) else None)
 
@@ -576,49 +594,111 @@ class DeconvStage(PassStage):
             dec.recent(self.window_frames)
         self.counters.notes["warmup"] = f"deconvolution run on {info.n_rois} dummy ROIs for {n_frames} frames"
 
-    def _gap(self, gap: FrameGap) -> None:
-        if self.deconv is not None:
-            if gap.restart:
+    @property
+    def catching_up(self) -> bool:
+        """True while the initial batch is estimated (and the frames since caught up) off the frame path."""
+        return self._init_thread is not None
+
+    def _apply(self, dec: Any, item: FluorescenceFrame | FrameGap) -> ActivityFrame | None:
+        """One frame or gap through ``dec`` (on whichever thread owns it now)."""
+        if isinstance(item, FrameGap):
+            if item.restart:
                 self.counters.count("deconv_resets")
-                self.counters.notes["last_deconv_reset"] = (f"frame index jumped by {gap.n_missing + 1} "
-                                                            f"at frame {gap.frame_index}")
-                self.deconv.reset()
+                self.counters.notes["last_deconv_reset"] = (f"frame index jumped by {item.n_missing + 1} "
+                                                            f"at frame {item.frame_index}")
+                dec.reset()
             else:
-                self.deconv.push_gap(int(gap.n_missing))
-        if self._recent is not None:
-            k = min(gap.n_missing, len(self._recent))
-            self._recent = np.roll(self._recent, -k, axis=0)
-            self._recent[-k:] = 0.0
+                dec.push_gap(int(item.n_missing))
+            return None
+        try:
+            return dec(item)  # keeps the frame's stamps and adds "deconv"
+        except StageError as exc:
+            self.counters.count("stage_errors")
+            self.counters.notes["last_stage_error"] = str(exc)[:200]
+            return None
+
+    def _completes_batch(self, dec: Any, item: FluorescenceFrame | FrameGap) -> bool:
+        k = item.n_missing if isinstance(item, FrameGap) else 1
+        return (self.background_init and not dec.ready and k > 0
+                and dec.frames_seen + k >= dec.settings.init_frames)
+
+    def _feed(self, item: FluorescenceFrame | FrameGap) -> tuple[bool, ActivityFrame | None]:
+        """(handled in line?, its output). Items go to the background catch-up while it runs."""
+        dec = self.deconv
+        with self._lock:
+            if self._init_error is not None:
+                err, self._init_error = self._init_error, None
+                raise err
+            if self._init_thread is not None:
+                self._backlog.append(item)
+                return False, None
+            if self._completes_batch(dec, item):
+                self._backlog.append(item)
+                self._init_thread = threading.Thread(target=self._catch_up, args=(dec,), daemon=True,
+                                                     name="deconv-init")
+                self._init_thread.start()
+                self.counters.notes["deconv_init"] = "initial batch: estimating parameters off the frame path"
+                return False, None
+        return True, self._apply(dec, item)
+
+    def _catch_up(self, dec: Any) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self.deconv is not dec:
+                        return  # the session changed: this deconvolver is gone
+                    if not self._backlog:
+                        self._init_thread = None
+                        self.counters.notes["deconv_init"] = (f"parameters ready after {dec.frames_seen} frames "
+                                                              "(estimated off the frame path)")
+                        return
+                    item = self._backlog.popleft()
+                self._apply(dec, item)
+        except Exception as exc:  # noqa: BLE001 -- handed to the frame thread, which raises it (fatal)
+            with self._lock:
+                self._init_error = exc
+                self._init_thread = None
 
     def __call__(self, item: Item) -> list[Item]:
         if isinstance(item, FrameGap):
-            self._gap(item)
+            if self.deconv is not None:
+                self._feed(item)
+            if self._recent is not None:
+                k = min(item.n_missing, len(self._recent))
+                self._recent = np.roll(self._recent, -k, axis=0)
+                self._recent[-k:] = 0.0
             return []
         if not isinstance(item, (FluorescenceFrame, ActivityFrame)):
             return [item]
         m = self.counters
         frame = item
+        decoding = True
         if self.deconv is None or isinstance(frame, ActivityFrame):
-            act = ActivityFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps, values=frame.values,
-                                behaviour=frame.behaviour).with_stamp("deconv")
+            act: ActivityFrame | None = ActivityFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps,
+                                                      values=frame.values, behaviour=frame.behaviour).with_stamp("deconv")
         else:
             if not frame.values.flags.writeable:
                 # a zero-copy view of the received message; the numba kernels want a writable array
                 frame = dataclasses.replace(frame, values=frame.values.copy())
-            try:
-                act = self.deconv(frame)  # keeps the frame's stamps and adds "deconv"
-            except StageError as exc:
-                m.count("stage_errors")
-                m.notes["last_stage_error"] = str(exc)[:200]
-                return []
+            in_line, act = self._feed(frame)
+            if in_line and act is None:
+                return []  # a stage error, counted
+            if not in_line:  # with the background catch-up: zero activity now
+                act = ActivityFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps,
+                                    values=np.zeros(frame.values.shape[0], np.float32),
+                                    behaviour=frame.behaviour).with_stamp("deconv")
+                decoding = False
+            elif not self.deconv.ready:
+                decoding = False  # the initial batch: all zeros
+        assert act is not None
         m.count("frames_processed")
         rx, ready = act.stamp("rx"), act.stamp("deconv")
         if rx is not None and ready is not None:
             m.record_frame_path((ready - rx) / 1e6)
         if not self.window_frames:
             return [act]
-        if self.deconv is not None and not self.deconv.ready:
-            # the initial batch: all zeros, nothing to decode (it would drag the warm start off course)
+        if not decoding:
+            # nothing to decode yet (zeros would only drag the warm-started video off course)
             m.count("frames_before_deconv_ready")
             return []
         if self.deconv is not None:
@@ -635,14 +715,24 @@ class DeconvStage(PassStage):
 
     def stats(self) -> dict[str, Any]:
         d = self.deconv
-        return {} if d is None else {"deconv_ready": bool(d.ready), "deconv_frames_seen": int(d.frames_seen)}
+        if d is None:
+            return {}
+        return {"deconv_ready": bool(d.ready) and not self.catching_up, "deconv_frames_seen": int(d.frames_seen)}
 
 
 # ------------------------------------------------------------------------------ reconstruction
 
 
 class Reconstructor(Protocol):
-    """What ``ReconstructionStage`` drives (``rt_decoder.recon.stage.LiveStage``)."""
+    """What ``ReconstructionStage`` drives (``rt_decoder.recon.stage.LiveStage``, or
+    ``rt_decoder.recon.process.ReconstructionProcess`` running one in a child process).
+
+    ``model_deconv``: the deconvolution settings its model's training responses were made
+    with (the service runs the same, under its config's explicit ``[deconv]`` keys); empty
+    when it has none.
+    """
+
+    model_deconv: Mapping[str, Any]
 
     def reset(self, info: SessionInfo) -> None: ...
 
@@ -953,7 +1043,10 @@ class Runner:
             run_chain(self.out_stages, out)
             return
         for it in out:
-            if isinstance(it, ActivityWindow):
+            if isinstance(it, ActivityWindow) and self._refused():
+                # a session the reconstruction refused: its activity goes out at once, in full
+                run_chain(self.out_stages, [it.frame.with_stamp("recon")])
+            elif isinstance(it, ActivityWindow):
                 self.submitted += 1
                 if self.handoff.put(it):
                     self.skipped += 1
@@ -965,6 +1058,9 @@ class Runner:
                 # the reconstruction thread is idle after this (only this thread feeds it)
                 self.handoff.wait_idle(60.0)
                 run_chain([*self.recon_stages, *self.out_stages], [it])
+
+    def _refused(self) -> bool:
+        return any(isinstance(st, ReconstructionStage) and st.refused for st in self.recon_stages)
 
     def _reconstruct(self) -> None:
         while True:

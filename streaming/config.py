@@ -1,68 +1,42 @@
 """Typed, validated configuration of ``rt-decoder serve`` (one TOML file).
 
-Every option lives in a frozen dataclass section whose fields carry their unit in the
-name and, in ``field(metadata=...)``, a one-line meaning and bounds. ``load_config`` reads
-TOML with :mod:`tomllib`, rejects unknown sections and keys (naming them), checks types
-and bounds and raises :class:`rt_decoder.errors.ConfigError` naming the bad value.
-``default_config_toml()`` renders every option with its meaning (``serve
---print-default-config``).
+``ServiceConfig`` is one tree of frozen dataclasses: the service's own sections ([input]
+[output] [status] [pipeline] [recording], defined here) and the stages' own settings
+classes, nested as they are: ``[deconv]`` is ``rt_decoder.deconv.DeconvSettings``,
+``[reconstruction]`` is ``rt_decoder.recon.stage.ReconstructionSettings`` with
+``[reconstruction.live]`` (``LiveSettings``) and ``[reconstruction.live.optim]``
+(``OptimSettings``). Every field carries its unit in the name and, as
+``rt_decoder.settings.option`` metadata, its meaning, bounds and choices; one set of
+defaults and bounds, the classes'.
+
+``load_config`` reads TOML with :mod:`tomllib` and builds the tree with the generic
+builder ``rt_decoder.settings.build``: unknown sections and keys are refused naming them
+and the dotted section, types, bounds and choices are checked, errors are
+:class:`rt_decoder.errors.ConfigError`. ``default_config_toml()`` is generated from the
+classes (``serve --print-default-config``) and loads back to the defaults.
 
 Security defaults: every address is loopback unless ``allow_non_loopback = true`` is set
 explicitly in the section that owns the address.
 
-Imports the standard library and rt_decoder.errors only (no zmq, no numpy).
+Imports the standard library, rt_decoder.errors/settings and the stages' settings classes
+(no zmq).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
-import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rt_decoder.deconv.settings import DeconvSettings
 from rt_decoder.errors import ConfigError
-
-_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
-
-def _opt(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "min": lo, "max": hi})
-
-
-def is_loopback_address(address: str) -> bool:
-    """True for ``ipc://``/``inproc://`` and ``tcp://`` addresses on a loopback host.
-
-    ``tcp://*:port`` and ``tcp://0.0.0.0:port`` listen on every interface: not loopback.
-    """
-    if address.startswith(("ipc://", "inproc://")):
-        return True
-    if not address.startswith("tcp://"):
-        return False
-    rest = address[len("tcp://"):]
-    host = rest.rsplit(":", 1)[0] if ":" in rest else rest
-    if ";" in host:  # zmq "source;destination" syntax: judge the destination
-        host = host.split(";")[-1]
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def check_address(address: str, *, allow_non_loopback: bool, what: str) -> None:
-    """Raise ``ConfigError`` unless ``address`` is a zmq endpoint allowed by the policy."""
-    if not address.startswith(("tcp://", "ipc://", "inproc://")):
-        raise ConfigError(f"{what}: address {address!r} must start with tcp://, ipc:// or inproc://")
-    if not allow_non_loopback and not is_loopback_address(address):
-        raise ConfigError(
-            f"{what}: address {address!r} is not loopback; set allow_non_loopback = true in that "
-            "section to expose the service on a network (and consider CURVE keys)")
-
+from rt_decoder.recon.stage import ReconstructionSettings
+from rt_decoder.settings import INTERNAL, build, render_toml, section, to_dict
+from rt_decoder.settings import option as _opt
+from streaming.transport import check_address
 
 @dataclass(frozen=True)
 class InputSettings:
@@ -120,6 +94,12 @@ class PipelineSettings:
     recent_window_frames: int = _opt(32, "activity frames handed to the reconstruction stage", 1, 10_000)
     max_gap_frames: int = _opt(3000, "a frame-index jump larger than this restarts the deconvolution "
                                "(new initial batch) instead of being bridged as missing frames", 1, 10_000_000)
+    confirm_jump_frames: int = _opt(30, "a frame index further than this from the running numbering (ahead or "
+                                    "back) is held until the next frame confirms it (a renumbering) or not (an "
+                                    "outlier, dropped)", 1, 1_000_000)
+    session_takeover_after_s: float = _opt(2.0, "a session_start of another session or publisher replaces the "
+                                           "running session only after that one ended or was silent this long",
+                                           0.0, 3600.0)
     warmup_rois: int = _opt(64, "ROIs of the dummy session run during warm-up", 1, 100_000)
     drain_timeout_s: float = _opt(5.0, "at SIGINT/SIGTERM: longest wait for queued frames to finish",
                                   0.0, 600.0)
@@ -142,60 +122,25 @@ class RecordingSettings:
 
 
 @dataclass(frozen=True)
-class ReconstructionSettings:
-    """[reconstruction] -- the live sliding-window reconstruction through the encoder."""
-
-    enabled: bool = _opt(True, "run live reconstruction (false: publish activity frames instead)")
-    model_dir: str = _opt("", "encoder model directory (rt-decoder train); empty = the shipped demo model")
-    backend: str = _opt("onnxruntime", "encoder backend: onnxruntime | torch | tensorrt")
-    threads: int = _opt(2, "intra-op threads of the encoder backend", 1, 256)
-    lag_frames: int = _opt(15, "decoding lag: frame t - lag_frames is emitted when frame t arrives", 0, 120)
-    fixed_steps: int = _opt(0, "gradient steps per frame per member (reproducible runs); 0 = use budget_ms",
-                            0, 10_000)
-    budget_ms: float = _opt(20.0, "per-frame time budget for gradient steps (all members together)", 0.1, 10_000.0)
-    max_members: int = _opt(0, "ensemble members to use at most; 0 = as many as the budget allows", 0, 64)
-    steps_per_member: int = _opt(3, "gradient steps per frame per member (fewer if the budget runs out); "
-                                 "the ensemble is sized so this many fit budget_ms", 1, 1000)
-    cached_context: bool = _opt(True, "reuse the core features of frozen frames (exact for causal encoders)")
-    learning_rate_px: float = _opt(300.0, "optimiser step size in pixel units per unit-norm gradient",
-                                   1e-3, 1e6)
-    momentum: float = _opt(0.9, "first-moment decay of the optimiser", 0.0, 0.999)
-    warmup_iterations: int = _opt(10, "per-frame learning-rate warm-up (iterations)", 0, 10_000)
-    warm_start: str = _opt("previous", "new frame starts from: previous (last solution) | grey")
-    warm_start_decay: float = _opt(0.9, "with previous: start at grey + decay * (previous - grey), so errors "
-                                   "cannot accumulate over a long session (1 = plain copy)", 0.0, 1.0)
-    blur_sigma_px: float = _opt(1.0, "spatial Gaussian blur of each emitted frame (0 = off)", 0.0, 10.0)
-    blur_sigma_frames: float = _opt(1.0, "temporal Gaussian blur of each emitted frame with its neighbours "
-                                    "(0 = off)", 0.0, 10.0)
-    target_ramp_frames: int = _opt(8, "the newest frames' responses weigh less in the loss, ramping to 1 over "
-                                   "this many frames (the deconvolution still revises them); 0 = off", 0, 120)
-    amortised_start: bool = _opt(True, "each frame restarts from the model's amortised decoder (a direct linear "
-                                 "decoder of the responses) once its responses are in; gradient steps refine it "
-                                 "(ignored for a model without one)")
-    smooth_sigma_px: float = _opt(2.0, "gradient smoothing (preconditioner): Gaussian sigma in pixels applied to "
-                                  "every step's gradient (0 = off)", 0.0, 16.0)
-    smooth_sigma_frames: float = _opt(1.0, "gradient smoothing: Gaussian sigma in frames (0 = off)", 0.0, 16.0)
-    decay_iterations: int = _opt(0, "step-size decay d / (d + t) over a frame's iterations t (0 = off)", 0, 1_000_000)
-
-    def __post_init__(self) -> None:
-        if self.backend not in ("onnxruntime", "torch", "tensorrt"):
-            raise ConfigError(f"[reconstruction] backend must be onnxruntime, torch or tensorrt, got {self.backend!r}")
-        if self.warm_start not in ("previous", "grey"):
-            raise ConfigError(f"[reconstruction] warm_start must be previous or grey, got {self.warm_start!r}")
-
-
-@dataclass(frozen=True)
 class ServiceConfig:
-    """The whole ``serve`` configuration. ``deconv`` is passed to ``DeconvSettings``."""
+    """The whole ``serve`` configuration: one tree of the service's and the stages' settings.
 
-    input: InputSettings = field(default_factory=InputSettings)
-    output: OutputSettings = field(default_factory=OutputSettings)
-    status: StatusSettings = field(default_factory=StatusSettings)
-    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
-    recording: RecordingSettings = field(default_factory=RecordingSettings)
-    reconstruction: ReconstructionSettings = field(default_factory=ReconstructionSettings)
-    #: [deconv] table, as (key, value) pairs, validated by rt_decoder.deconv.DeconvSettings
-    deconv: tuple[tuple[str, Any], ...] = ()
+    ``deconv_keys`` are the ``[deconv]`` keys the file (or ``replace``) set: they win over a
+    model's recorded deconvolution settings (``deconv_for_model``); the rest of ``deconv``
+    is defaults that the model's recorded values replace.
+    """
+
+    input: InputSettings = section(InputSettings)
+    output: OutputSettings = section(OutputSettings)
+    status: StatusSettings = section(StatusSettings)
+    pipeline: PipelineSettings = section(PipelineSettings)
+    recording: RecordingSettings = section(RecordingSettings)
+    reconstruction: ReconstructionSettings = section(ReconstructionSettings)
+    deconv: DeconvSettings = section(
+        DeconvSettings, "settings of the online deconvolution stage (rt_decoder.deconv.DeconvSettings). Keys "
+        "left out (commented) are the defaults, except that a model's recorded deconvolution settings replace "
+        "them; the keys set here win. Ignored for sessions that send activity (is_activity).", commented=True)
+    deconv_keys: frozenset[str] = field(default=frozenset(), metadata={INTERNAL: True})
 
     def __post_init__(self) -> None:
         check_address(self.input.address, allow_non_loopback=self.input.allow_non_loopback, what="[input]")
@@ -208,98 +153,63 @@ class ServiceConfig:
                         (self.input.curve_authorized_keys_dir, "curve_authorized_keys_dir")):
             if p and not Path(p).exists():
                 raise ConfigError(f"[input] {what} = {p!r} does not exist")
+        known = {f.name for f in dataclasses.fields(DeconvSettings)}
+        if not set(self.deconv_keys) <= known:
+            raise ConfigError(f"deconv_keys {sorted(set(self.deconv_keys) - known)} are not DeconvSettings fields")
 
     @property
     def deconv_dict(self) -> dict[str, Any]:
-        return dict(self.deconv)
+        """The ``[deconv]`` keys the configuration set, with their values."""
+        return {k: getattr(self.deconv, k) for k in sorted(self.deconv_keys)}
+
+    def deconv_for_model(self, model_deconv: Mapping[str, Any]) -> DeconvSettings:
+        """The deconvolution to run with a model: its recorded settings under the keys set here.
+
+        ``model_deconv``: the model's manifest ``training.deconv_settings`` (``LiveStage.model_deconv``;
+        empty without a model). See ``DeconvSettings.with_model_defaults``.
+        """
+        return self.deconv.with_model_defaults(model_deconv, self.deconv_keys)
 
     def replace(self, **sections: Any) -> ServiceConfig:
-        """Copy with some sections replaced; ``section={"key": value}`` updates one field."""
+        """Copy with some sections replaced; ``section={"key": value}`` updates those keys
+        (nested tables for nested sections); a settings instance replaces the section."""
         updates: dict[str, Any] = {}
+        keys = set(self.deconv_keys)
         for name, value in sections.items():
-            if isinstance(value, Mapping) and name != "deconv":
-                updates[name] = _build(type(getattr(self, name)), {**_asdict(getattr(self, name)), **value}, name)
-            elif name == "deconv" and isinstance(value, Mapping):
-                updates[name] = tuple(sorted(value.items()))
+            if name not in _SECTIONS:
+                raise ConfigError(f"unknown config section {name!r}; known: {sorted(_SECTIONS)}")
+            if isinstance(value, Mapping):
+                updates[name] = build(_SECTIONS[name], value, base=getattr(self, name), path=name)
+                if name == "deconv":
+                    keys |= set(value)
             else:
                 updates[name] = value
-        return dataclasses.replace(self, **updates)
+                if name == "deconv":
+                    keys = _non_default_keys(value)
+        return dataclasses.replace(self, **updates, deconv_keys=frozenset(keys))
 
 
-_SECTIONS: dict[str, type] = {
-    "input": InputSettings,
-    "output": OutputSettings,
-    "status": StatusSettings,
-    "pipeline": PipelineSettings,
-    "recording": RecordingSettings,
-    "reconstruction": ReconstructionSettings,
-}
+#: section name -> settings class
+_SECTIONS: dict[str, type] = {f.name: type(getattr(ServiceConfig(), f.name))
+                              for f in dataclasses.fields(ServiceConfig) if not f.metadata.get(INTERNAL)}
 
 
-def _asdict(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-
-
-def _check_value(section: str, f: dataclasses.Field, value: Any) -> Any:
-    name = f"[{section}] {f.name}"
-    kind = type(f.default)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name} must be true or false, got {value!r}")
-    elif kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-    elif kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
-        value = float(value)
-    elif kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name} must be a string, got {value!r}")
-    lo, hi = f.metadata.get("min"), f.metadata.get("max")
-    if lo is not None and value < lo:
-        raise ConfigError(f"{name} = {value!r} is below its minimum {lo}")
-    if hi is not None and value > hi:
-        raise ConfigError(f"{name} = {value!r} is above its maximum {hi}")
-    return value
-
-
-def _build(cls: type, table: Mapping[str, Any], section: str) -> Any:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"[{section}] must be a table, got {table!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - set(fields))
-    if unknown:
-        raise ConfigError(f"[{section}] has unknown key(s) {unknown}; known: {sorted(fields)}")
-    return cls(**{k: _check_value(section, fields[k], v) for k, v in table.items()})
+def _non_default_keys(settings: DeconvSettings) -> set[str]:
+    default = DeconvSettings()
+    return {f.name for f in dataclasses.fields(settings) if getattr(settings, f.name) != getattr(default, f.name)}
 
 
 def config_from_dict(data: Mapping[str, Any]) -> ServiceConfig:
-    """Build a validated ``ServiceConfig`` from a nested mapping (the parsed TOML)."""
-    unknown = sorted(set(data) - set(_SECTIONS) - {"deconv"})
-    if unknown:
-        raise ConfigError(f"unknown config section(s) {unknown}; known: {sorted([*_SECTIONS, 'deconv'])}")
-    kwargs: dict[str, Any] = {name: _build(cls, data.get(name, {}), name) for name, cls in _SECTIONS.items()}
+    """Build a validated ``ServiceConfig`` from a nested mapping (the parsed TOML).
+
+    Old flat ``[reconstruction]`` keys load at their new place with a
+    ``rt_decoder.settings.SettingsDeprecationWarning``.
+    """
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a table of sections, got {data!r}")
     deconv = data.get("deconv", {})
-    if not isinstance(deconv, Mapping):
-        raise ConfigError(f"[deconv] must be a table, got {deconv!r}")
-    kwargs["deconv"] = tuple(sorted(deconv.items()))
-    _validate_deconv(dict(deconv))
-    return ServiceConfig(**kwargs)
-
-
-def _validate_deconv(table: dict[str, Any]) -> None:
-    """Check [deconv] against ``DeconvSettings`` now (fail fast), when that package is present."""
-    try:
-        from rt_decoder.deconv import DeconvSettings
-    except ImportError:  # checked again when the service starts
-        return
-    try:
-        DeconvSettings.from_dict(table)
-    except ConfigError as exc:
-        raise ConfigError(f"[deconv] {exc}") from None
-    except TypeError as exc:
-        raise ConfigError(f"[deconv] {exc}") from None
+    cfg = build(ServiceConfig, data)
+    return dataclasses.replace(cfg, deconv_keys=frozenset(deconv) if isinstance(deconv, Mapping) else frozenset())
 
 
 def load_config(path: str | Path) -> ServiceConfig:
@@ -318,43 +228,17 @@ def load_config(path: str | Path) -> ServiceConfig:
         raise ConfigError(f"{p}: {exc}") from None
 
 
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(v)
+def config_to_dict(config: ServiceConfig) -> dict[str, Any]:
+    """The configuration as nested plain dicts (``[deconv]``: only the keys it set)."""
+    out = to_dict(config)
+    out["deconv"] = config.deconv_dict
+    return out
 
 
 def default_config_toml() -> str:
-    """Every option with its default and meaning, as a valid TOML document."""
+    """Every option with its default, meaning and bounds, as a TOML document (generated from
+    the settings classes; loads back to ``ServiceConfig()``)."""
     lines = ["# rt-decoder serve configuration (all options, with their defaults).",
              "# Unknown sections or keys are an error. Units are in the names.", ""]
-    for name, cls in _SECTIONS.items():
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
-        lines.append(f"# {doc}")
-        lines.append(f"[{name}]")
-        for f in dataclasses.fields(cls):
-            bounds = ""
-            lo, hi = f.metadata.get("min"), f.metadata.get("max")
-            if lo is not None or hi is not None:
-                bounds = f" (range {lo}..{hi})"
-            lines.append(f"# {f.metadata['help']}{bounds}")
-            lines.append(f"{f.name} = {_toml_value(f.default)}")
-        lines.append("")
-    lines.append("# [deconv] -- settings of the online deconvolution stage, passed to")
-    lines.append("# rt_decoder.deconv.DeconvSettings (its own names, units and bounds; unknown keys rejected).")
-    lines.append("# Empty = that stage's defaults. Ignored for sessions that send activity (is_activity).")
-    lines.append("[deconv]")
-    try:
-        from rt_decoder.deconv import DeconvSettings
-    except ImportError:  # the deconvolution package may be absent in a partial checkout
-        DeconvSettings = None  # type: ignore[assignment,misc]
-    if DeconvSettings is not None and dataclasses.is_dataclass(DeconvSettings):
-        d = DeconvSettings()
-        for f in dataclasses.fields(d):
-            v = getattr(d, f.name)
-            if isinstance(v, (bool, int, float, str)):
-                lines.append(f"# {f.name} = {_toml_value(v)}")
-    lines.append("")
+    lines += render_toml(ServiceConfig())
     return "\n".join(lines)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rt_decoder.errors import ConfigError
+from rt_decoder.deconv.settings import DeconvSettings
 from rt_decoder.messages import SessionInfo
 from rt_decoder.pipeline import (
     ActivityPassThrough,
@@ -139,9 +139,15 @@ class DecoderService:
         self.config = config
         self.reconstructor = reconstructor
         self.metrics = MetricsRecorder(config.status.max_latency_samples)
-        self.metrics.notes["reconstruction"] = (
-            type(reconstructor).__name__ if reconstructor is not None
-            else "none: publishing ACTIVITY frames (the deconvolution output)")
+        from rt_decoder.recon.process import ReconstructionProcess
+
+        if isinstance(reconstructor, ReconstructionProcess):
+            note = f"{reconstructor.kind} in its own process (pid {reconstructor.pid})"
+        elif reconstructor is not None:
+            note = type(reconstructor).__name__
+        else:
+            note = "none: publishing ACTIVITY frames (the deconvolution output)"
+        self.metrics.notes["reconstruction"] = note
         self.context = context
         self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
         self.state = State.STARTING
@@ -156,7 +162,7 @@ class DecoderService:
         self.runner: Runner | None = None
         self.output_stage: OutputStage | None = None
         self.recon_stage: ReconstructionStage | None = None
-        self.deconv_settings: Any = None
+        self.deconv_settings: DeconvSettings | None = None
         self._fatal: str | None = None
         self._synced: dict[str, int] = {}
         self._sync_lock = threading.Lock()
@@ -261,28 +267,23 @@ class DecoderService:
             self._stop_reason = reason
             self._stop_requested.set()
 
-    def _make_deconv_settings(self) -> Any:
-        from rt_decoder.deconv import DeconvSettings
-
-        # a model records the deconvolution its training responses came from: that is the
-        # base, the config's explicit [deconv] keys override it
-        model_deconv = dict(getattr(self.reconstructor, "model_deconv", {}) or {})
-        try:
-            return DeconvSettings.from_dict({**model_deconv, **self.config.deconv_dict})
-        except TypeError as exc:
-            raise ConfigError(f"[deconv]: {exc}") from None
-
     def build_stages(self) -> tuple[list[Stage], list[Stage], list[Stage]]:
         """The chain: (frame-thread stages, reconstruction stages, output stages)."""
         cfg, m = self.config, self.metrics
-        self.deconv_settings = self._make_deconv_settings()
+        # a model records the deconvolution its training responses came from: that is the
+        # base, the config's explicit [deconv] keys override it
+        model_deconv = self.reconstructor.model_deconv if self.reconstructor is not None else {}
+        self.deconv_settings = self.config.deconv_for_model(model_deconv)
         window = cfg.pipeline.recent_window_frames if self.reconstructor is not None else 0
 
         def on_session_end(session_id: str, n_frames: int) -> None:
             if cfg.pipeline.stop_on_session_end:
                 self.request_stop("session_end")
 
-        frame: list[Stage] = [IntakeStage(m), SessionStage(m, max_gap_frames=cfg.pipeline.max_gap_frames,
+        p = cfg.pipeline
+        frame: list[Stage] = [IntakeStage(m), SessionStage(m, max_gap_frames=p.max_gap_frames,
+                                                           confirm_jump_frames=p.confirm_jump_frames,
+                                                           takeover_after_s=p.session_takeover_after_s,
                                                            on_session_end=on_session_end)]
         out: list[Stage] = []
         if self.recorder is not None:

@@ -59,12 +59,15 @@ class LNPEncoder:
         return _softplus(self._drive(video)[1]).astype(np.float32)
 
     def loss_and_grad(self, video: np.ndarray, behaviour: np.ndarray, targets: np.ndarray,
-                      neuron_weights: np.ndarray) -> tuple[float, np.ndarray]:
+                      neuron_weights: np.ndarray, frame_weights: np.ndarray | None = None
+                      ) -> tuple[float, np.ndarray]:
         self.calls += 1
         _, u = self._drive(video)
         r = _softplus(u) + 1e-8
         y = targets.astype(np.float64)
-        w = neuron_weights.astype(np.float64)
+        w = neuron_weights.astype(np.float64)[None, :]
+        if frame_weights is not None:
+            w = w * np.asarray(frame_weights, np.float64)[:, None]
         loss = float(np.sum(w * (r - y * np.log(r))))
         du = w * (1.0 - y / r) / (1.0 + np.exp(-u))       # dL/du
         dz = np.zeros_like(du)

@@ -71,6 +71,14 @@ def test_demo_runs_end_to_end_and_writes_its_files(tmp_path: Path) -> None:
         assert not (out / "side_by_side.gif").exists()
     assert "latency (ms)" in text and "acq->sink" in text and "live video correlation" in text
     assert "demo: exit codes {'rig': 0, 'sink': 0, 'serve': 0}" in text
+    # the source's timing apart from the service's, and the verdict, in the demo's summary JSON
+    d = json.loads((out / "demo_summary.json").read_text())
+    assert d["ok"] and d["exit_codes"] == {"rig": 0, "sink": 0, "serve": 0}
+    assert d["source"]["frames_sent"] == frames and d["source"]["lead_frames"] == frames  # all generated ahead
+    assert d["source"]["generator_underruns"] == 0 and d["source"]["send_lateness_ms_p99"] >= 0
+    assert d["service"]["frames_received"] == frames and d["service"]["not_real_time_events"] is not None
+    assert d["real_time"] == (not d["warnings"]) and "source (virtual rig): sent 60 frames" in text
+    assert ("NOT REAL TIME" in text) == bool(d["warnings"])
 
 
 @pytest.mark.slow
@@ -100,7 +108,7 @@ def test_demo_with_live_reconstruction_on_a_random_model(tmp_path: Path) -> None
     assert 0 < before_ready < frames
     assert m["frames"]["decoded"] + skipped + m["gaps"]["output_frames_missing"] >= frames - before_ready - 10
     assert m["frames"]["matched"] == m["frames"]["decoded"] > 0
-    assert m["decoding"]["lag_frames"] == 15 and m["skips"]["service_reconstruction"] == "LiveStage"
+    assert m["decoding"]["lag_frames"] == 15 and m["skips"]["service_reconstruction"].startswith("LiveStage in its own process")
     corr = m["correlation"]
     assert corr["eval_mask"] and corr["frames_scored"] > 0 and -1.0 <= corr["video_corr"] <= 1.0  # untrained: ~0
     stages = m["latency_ms"]["stages"]
@@ -194,3 +202,71 @@ def test_demo_with_the_shipped_model_decodes_the_true_stimulus(tmp_path: Path) -
     assert corr["eval_mask"] and corr["frames_scored"] >= 200
     assert corr["video_corr"] > 0.1, corr
     assert m["gaps"]["output_frames_missing"] == 0
+
+
+def _serve_summary(events: int, real_time: bool, reason: str = "") -> dict[str, Any]:
+    return {"counters": {"frames_received": 600, "frames_published": 580, "skipped_frames": 3, "frames_missing": 0,
+                         "not_real_time_events": events},
+            "malformed_total": 0, "real_time": real_time, "real_time_reason": reason,
+            "latency_ms": {"service": {"p50": 2.5, "p99": 9.0}, "frame_path": {"p50": 0.4, "p99": 1.1}},
+            "notes": {"reconstruction": "LiveStage"}}
+
+
+def _rig_summary(underruns: int, p99_ms: float) -> dict[str, Any]:
+    from bindings.virtual_rig import rig_real_time
+
+    ok, why = rig_real_time(underruns, p99_ms, 30.0)
+    return {"frames_sent": 600, "rate_hz": 30.0, "send_lateness": {"median_ms": 0.05, "p99_ms": p99_ms, "max_ms": 40.0},
+            "send_lateness_ms_p50": 0.05, "send_lateness_ms_p99": p99_ms, "generator_underruns": underruns,
+            "late_frames_over_half_period": 1, "lead_frames": 600, "real_time": ok, "real_time_reason": why}
+
+
+def test_real_time_verdict_keeps_the_source_apart_from_the_service() -> None:
+    from cli.commands.demo import real_time_verdict, service_timing, source_timing
+
+    ok_src, ok_srv = source_timing(_rig_summary(0, 0.3)), service_timing(_serve_summary(0, True))
+    assert real_time_verdict(ok_src, ok_srv) == (True, [])
+    # the service was not real time for a while, even though it recovered by the end
+    verdict, warnings = real_time_verdict(ok_src, service_timing(_serve_summary(2, True, "frame path median 40 ms")))
+    assert verdict is False and len(warnings) == 1
+    assert "service was NOT REAL TIME (2 time(s)" in warnings[0] and "frame path median 40 ms" in warnings[0]
+    # the rig was late: named as the source, with its lateness
+    verdict, warnings = real_time_verdict(source_timing(_rig_summary(300, 13_000.0)), ok_srv)
+    assert verdict is False and len(warnings) == 1 and warnings[0].startswith("the source (virtual rig) was LATE")
+    assert "300 frame(s) not generated" in warnings[0] and "p99 13000.000 ms" in warnings[0]
+    both = real_time_verdict(source_timing(_rig_summary(1, 0.3)), service_timing(_serve_summary(0, False, "x")))
+    assert both[0] is False and len(both[1]) == 2
+    # an older service that only wrote notes.real_time: still read
+    old = _serve_summary(0, True)
+    del old["real_time"], old["counters"]["not_real_time_events"]
+    old["notes"]["real_time"] = "no"
+    assert service_timing(old)["real_time"] is False and real_time_verdict(ok_src, service_timing(old))[0] is False
+    assert real_time_verdict(source_timing({}), service_timing({})) == (None, [])  # nothing reported: no verdict
+
+
+def test_demo_report_warns_and_writes_its_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from cli.commands.demo import _Interrupted, _report
+
+    (tmp_path / "rig_summary.json").write_text(json.dumps(_rig_summary(12, 900.0)))
+    (tmp_path / "serve_summary.json").write_text(json.dumps(_serve_summary(1, False, "the reconstruction skipped")))
+    (tmp_path / "metrics.json").write_text(json.dumps({"frames": {"output": 500}}))
+    rcs = {"rig": 0, "sink": 0, "serve": 0}
+    rc = _report(tmp_path, argparse.Namespace(summary_json=None), rcs, "", _Interrupted(), 0.0, 1.0, 2.0)
+    text = capsys.readouterr().out
+    assert rc == 0  # warned about, not failed
+    assert "source (virtual rig): sent 600 frames; send lateness (send - deadline) p50 0.050 ms, p99 900.000 ms" in text
+    assert "generator underruns 12" in text and "receive -> published p50 2.500 ms, p99 9.000 ms" in text
+    assert "demo: WARNING: the service was NOT REAL TIME" in text and "demo: WARNING: the source (virtual rig)" in text
+    assert "demo: WARNING: this run was NOT REAL TIME" in text
+    d = json.loads((tmp_path / "demo_summary.json").read_text())
+    assert d["ok"] and d["real_time"] is False and len(d["warnings"]) == 2
+    assert d["source"]["generator_underruns"] == 12 and d["service"]["not_real_time_events"] == 1
+    # a quiet run: no warning, verdict true, written where --summary-json says
+    (tmp_path / "rig_summary.json").write_text(json.dumps(_rig_summary(0, 0.2)))
+    (tmp_path / "serve_summary.json").write_text(json.dumps(_serve_summary(0, True)))
+    there = tmp_path / "elsewhere.json"
+    assert _report(tmp_path, argparse.Namespace(summary_json=str(there)), rcs, "", _Interrupted(), 0.0, 1.0, 2.0) == 0
+    text = capsys.readouterr().out
+    assert "WARNING" not in text and json.loads(there.read_text())["real_time"] is True

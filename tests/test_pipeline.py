@@ -112,6 +112,8 @@ def test_session_stage_gaps_and_restarts() -> None:
 class SlowStage:
     """A reconstructor that takes ``delay_s`` per frame and 'decodes' frame i as an image of i."""
 
+    model_deconv: dict[str, Any] = {}
+
     def __init__(self, delay_s: float) -> None:
         self.delay_s = delay_s
         self.seen: list[int] = []
@@ -173,7 +175,8 @@ def test_latest_handoff_skips_to_the_newest_frame_and_counts_skips() -> None:
         pub.send_activity(np.full(3, i, np.float32), i, i)
         time.sleep(0.001)
     pub.end(40)
-    while svc.metrics.counters["frames_processed"] < 40:
+    deadline = time.monotonic() + 30
+    while svc.metrics.counters["frames_processed"] < 40 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert svc.runner is not None and svc.runner.handoff.wait_idle(10.0)
     svc.request_stop("test")
@@ -337,3 +340,77 @@ def test_session_control_belongs_to_the_sessions_publisher() -> None:
     out = send(P.KIND_SESSION_END, "b", 1, None)
     assert isinstance(out[-1], SessionEnded)
     assert send(P.KIND_SESSION_START, "a", 0, a) == [SessionStarted(a)]  # b ended: a new session at once
+
+
+def test_the_initial_batch_runs_off_the_frame_path_with_the_same_results() -> None:
+    """Background estimation + catch-up gives exactly the in-line deconvolution afterwards,
+    gaps during the catch-up included; frames keep flowing meanwhile."""
+    from rt_decoder.deconv import DeconvSettings
+
+    settings = DeconvSettings.from_dict({"init_frames": 40})
+    info = SessionInfo("d", np.arange(6), 30.0)
+    rng = np.random.default_rng(3)
+    F = (100 + 5 * rng.standard_normal((120, 6)) + 40 * (rng.random((120, 6)) < 0.05)).astype(np.float32)
+    stages = {bg: DeconvStage(settings, MetricsRecorder(10), window_frames=8, background_init=bg)
+              for bg in (True, False)}
+    outs: dict[bool, dict[int, Any]] = {True: {}, False: {}}
+    for bg, st in stages.items():
+        st.reset(info)
+        for t in range(120):
+            if t == 45:
+                st(FrameGap(2, False, 47))
+                continue
+            if t == 46:
+                continue
+            for item in st(FluorescenceFrame(t, t, 0, values=F[t], stamps=(("rx", 1),))):
+                outs[bg][t] = item
+            if bg and t == 60:
+                deadline = time.monotonic() + 30
+                while st.catching_up and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert not st.catching_up
+    later = [t for t in outs[False] if t > 60]
+    assert later and all(t in outs[True] for t in later)
+    for t in later:
+        a, b = outs[True][t], outs[False][t]
+        np.testing.assert_array_equal(a.frame.values, b.frame.values)
+        np.testing.assert_array_equal(a.recent, b.recent)
+    assert stages[True].counters.counters["frames_processed"] == stages[False].counters.counters["frames_processed"]
+
+
+class Refusing(SlowStage):
+    """Refuses sessions whose ROI ids are not 0..N-1 (as LiveStage refuses a low ROI coverage)."""
+
+    def reset(self, info: SessionInfo) -> None:
+        if int(np.asarray(info.roi_ids)[0]) != 0:
+            from rt_decoder.errors import StageError
+
+            raise StageError(f"session {info.session_id!r}: its ROI ids cover 0% of the model's neurons")
+        super().reset(info)
+
+    def stats(self) -> dict[str, Any]:
+        return {"recon_roi_coverage": 0.0}
+
+
+def test_a_session_the_reconstruction_refuses_still_gets_its_activity_out() -> None:
+    import threading
+
+    svc, pub, sink = in_memory_service(Refusing(0.0))
+    t = threading.Thread(target=svc.run, daemon=True)
+    t.start()
+    while svc.state != State.READY:
+        time.sleep(0.01)
+    pub.begin(SessionInfo("wrong-cells", np.arange(500, 503), 30.0, is_activity=True))
+    for i in range(10):
+        pub.send_activity(np.full(3, i, np.float32), i, i)
+    deadline = time.monotonic() + 30
+    while svc.metrics.counters["frames_published"] < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    svc.request_stop("test")
+    t.join(30.0)
+    act = _collect(sink, P.KIND_ACTIVITY, 10)
+    assert [e.body.frame_index for e in act] == list(range(10))  # activity still flows, every frame
+    assert svc.metrics.counters["skipped_frames"] == 0
+    assert svc.metrics.counters["sessions_not_reconstructed"] == 1
+    assert "cover 0%" in svc.metrics.notes["reconstruction_refused"]
+    assert svc.metrics.notes["roi_coverage"] == "0%" and "NOT RECONSTRUCTED" in svc.metrics.status_line()

@@ -235,8 +235,9 @@ def test_live_fixed_steps_equals_causal_offline_and_is_deterministic() -> None:
     T = 30
     resp = rng.poisson(enc.forward(_movie(T, rng))).astype(np.float32)
     opt = OptimSettings(learning_rate_px=300.0)
+    # the reference weighs every frame alike: no target ramp (the live default ramps over 8 frames)
     st = LiveSettings(lag_frames=3, fixed_steps=4, blur_sigma_px=0.0, blur_sigma_frames=0.0, warm_start_decay=1.0,
-                      optim=opt)
+                      target_ramp_frames=0, optim=opt)
     out1, live = _run_live(enc, resp, st)
     out2, _ = _run_live(enc, resp, st)
     np.testing.assert_array_equal(out1, out2)
@@ -351,10 +352,31 @@ def test_live_temporal_blur_uses_the_neighbouring_frames() -> None:
     assert not np.allclose(out[0].image, v[s])
 
 
-def test_target_ramp_needs_frame_weights() -> None:
+def test_target_ramp_reaches_the_encoder_as_frame_weights() -> None:
     enc = LNPEncoder(5, window=8, shape=SHAPE)
-    with pytest.raises(ConfigError, match="frame_weights"):
-        LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=2, target_ramp_frames=3))
+    seen: list[np.ndarray] = []
+    plain = enc.loss_and_grad
+
+    def spy(*args: np.ndarray, frame_weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        assert frame_weights is not None
+        seen.append(np.array(frame_weights))
+        return plain(*args, frame_weights=frame_weights)
+
+    enc.loss_and_grad = spy  # type: ignore[method-assign]
+    live = LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=2, fixed_steps=1,
+                                                                       target_ramp_frames=3))
+    resp = np.ones((10, 5), np.float32)
+    live(ActivityFrame(0, 0, 0, values=resp[0]))
+    np.testing.assert_allclose(seen[-1], [0, 0, 0, 0, 0, 0, 0, 1 / 3], rtol=1e-6)   # empty slots weigh 0
+    for t in range(1, 10):
+        live(ActivityFrame(t, t, 0, values=resp[t]))
+    np.testing.assert_allclose(seen[-1], [1, 1, 1, 1, 1, 1, 2 / 3, 1 / 3], rtol=1e-6)
+
+
+def test_cached_context_needs_live_encoders() -> None:
+    enc = LNPEncoder(5, window=8, shape=SHAPE)   # has no live graph (not a LiveEncoder)
+    with pytest.raises(ConfigError, match=r"LiveEncoder.*member 0 \(LNPEncoder\)"):
+        LiveReconstructor([enc], np.ones(SHAPE, bool), LiveSettings(lag_frames=2), cached_context=True)
 
 
 def test_warm_start_decay_pulls_the_new_frame_towards_grey() -> None:

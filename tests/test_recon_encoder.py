@@ -42,8 +42,8 @@ def test_cached_context_path_equals_full_window_path(model_dir: Path) -> None:
     st = LiveSettings(lag_frames=LAG, fixed_steps=2, blur_sigma_px=0.0, optim=OptimSettings(learning_rate_px=300.0))
     full = open_model(model_dir, max_members=1, threads=1)
     live_full = LiveReconstructor(full.encoders, full.train_mask, st)
-    cached = open_model(model_dir, max_members=1, threads=1, live_frames=LAG + 1)
-    live_cached = LiveReconstructor(cached.encoders, cached.train_mask, st)
+    cached = open_model(model_dir, max_members=1, threads=1, live_frames=st.live_frames)
+    live_cached = LiveReconstructor(cached.encoders, cached.train_mask, st, cached_context=True)
     assert live_cached.cached_context and not live_full.cached_context
     a = _run(live_full, resp, beh)
     b = _run(live_cached, resp, beh)
@@ -61,10 +61,10 @@ def test_ensemble_live_on_onnx_runtime_is_deterministic(model_dir: Path) -> None
     resp = rng.poisson(0.5, size=(T, N)).astype(np.float32)
     beh = np.tile(np.array([18.0, 3.0, 0.0, 0.0], np.float32), (T, 1))
     st = LiveSettings(lag_frames=LAG, fixed_steps=1)
-    opened = open_model(model_dir, threads=2, live_frames=LAG + 1)
+    opened = open_model(model_dir, threads=2, live_frames=st.live_frames)
     assert len(opened.encoders) == 2
-    r1 = _run(LiveReconstructor(opened.encoders, opened.train_mask, st), resp, beh)
-    r2 = _run(LiveReconstructor(opened.encoders, opened.train_mask, st), resp, beh)
+    r1 = _run(LiveReconstructor(opened.encoders, opened.train_mask, st, cached_context=True), resp, beh)
+    r2 = _run(LiveReconstructor(opened.encoders, opened.train_mask, st, cached_context=True), resp, beh)
     for k in r1:
         np.testing.assert_array_equal(r1[k], r2[k])
 
@@ -72,10 +72,11 @@ def test_ensemble_live_on_onnx_runtime_is_deterministic(model_dir: Path) -> None
 def test_live_stage_maps_rois_by_id_and_ignores_missing(model_dir: Path) -> None:
     from rt_decoder.errors import StageError
     from rt_decoder.messages import SessionInfo
-    from rt_decoder.recon.stage import LiveStage, StageSettings
+    from rt_decoder.recon.stage import LiveStage, ReconstructionSettings
 
-    stage = LiveStage(StageSettings(model_dir=str(model_dir), lag_frames=LAG, fixed_steps=1, threads=1,
-                                    max_members=1))
+    stage = LiveStage(ReconstructionSettings(model_dir=str(model_dir), threads=1,
+                                             live=LiveSettings(lag_frames=LAG, fixed_steps=1, max_members=1)))
+    assert stage.live.cached_context and stage.opened.encoders[0].live_frames == LAG + 1  # type: ignore[attr-defined]
     stage.warmup()
     ids = stage.neuron_ids
     # the session has the model's neurons in reverse order, minus 10, plus 5 unknown ROIs
@@ -95,18 +96,58 @@ def test_live_stage_maps_rois_by_id_and_ignores_missing(model_dir: Path) -> None
                      np.tile(vals, (4, 1)))
     assert [d.frame_index for d in out] == [0, 1, 2]
     assert [d.frame_index for d in stage.flush()] == list(range(3, LAG + 3))
-    stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))
+    # a session sharing no ROI with the model, or too few, is refused at its start (the service
+    # then publishes its activity) and cannot be decoded
     with pytest.raises(StageError, match="none of its"):
+        stage.reset(SessionInfo("s2", np.arange(3) + 10**7, 30.0))
+    with pytest.raises(StageError, match="nothing can be decoded"):
         stage(ActivityFrame(0, 0, 0, values=np.zeros(3, np.float32)), None)
+    with pytest.raises(StageError, match=r"cover 25% .*min_roi_coverage"):
+        stage.reset(SessionInfo("s3", ids[: N // 4], 30.0))
+    low = LiveStage(ReconstructionSettings(model_dir=str(model_dir), threads=1, min_roi_coverage=0.2,
+                                           live=LiveSettings(lag_frames=LAG, fixed_steps=1, max_members=1)))
+    low.reset(SessionInfo("s3", ids[: N // 4], 30.0))  # the threshold is configurable
+    assert low.roi_coverage == pytest.approx(0.25)
 
 
 def test_target_ramp_down_weights_the_newest_frames(model_dir: Path) -> None:
-    opened = open_model(model_dir, max_members=1, threads=1, live_frames=LAG + 1)
-    live = LiveReconstructor(opened.encoders, opened.train_mask,
-                             LiveSettings(lag_frames=LAG, fixed_steps=1, target_ramp_frames=3))
+    st = LiveSettings(lag_frames=LAG, fixed_steps=1, target_ramp_frames=3)
+    opened = open_model(model_dir, max_members=1, threads=1, live_frames=st.live_frames)
+    live = LiveReconstructor(opened.encoders, opened.train_mask, st, cached_context=True)
     np.testing.assert_allclose(live._ramp[-3:], [1.0, 2 / 3, 1 / 3])
     assert np.all(live._ramp[:-3] == 1.0)
     rng = np.random.default_rng(2)
     for t in range(8):
         live(ActivityFrame(t, t, 0, values=rng.poisson(0.5, N).astype(np.float32), behaviour=np.zeros(4, np.float32)))
     assert live.steps_total == 8
+
+
+def test_every_backend_implements_the_live_protocol_or_refuses_it(model_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from rt_decoder.encoder import BackendSettings, Encoder, LiveEncoder, TensorRTBackend, load_model, open_backend
+    from rt_decoder.errors import BackendUnavailableError
+    from rt_decoder.recon.stage import LiveStage, ReconstructionSettings
+
+    model = load_model(model_dir)
+    ort = open_backend(model, 0, BackendSettings(live_frames=LAG + 1))
+    assert isinstance(ort, Encoder) and isinstance(ort, LiveEncoder) and ort.live_frames == LAG + 1
+    # TensorRT has no live graph: asked for one it refuses at construction, even where TensorRT
+    # itself is importable (a fake module here; the real one cannot be installed on this machine)
+    assert not any(hasattr(TensorRTBackend, m) for m in ("features", "loss_and_grad_live"))
+    fake = types.ModuleType("tensorrt")
+    fake.__version__ = "0.0-fake"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    with pytest.raises(BackendUnavailableError, match=r"no live graph .*features and loss_and_grad_live.*"
+                                                      r"cached_context = false"):
+        TensorRTBackend(model, 0, BackendSettings(kind="tensorrt", live_frames=LAG + 1))
+    # the service's default (cached context) with backend = "tensorrt": refused when the stage is built
+    with pytest.raises(BackendUnavailableError, match="no live graph"):
+        LiveStage(ReconstructionSettings(model_dir=str(model_dir), backend="tensorrt", threads=1))
+    # without the cached context no live graph is asked for: it gets past that check to TensorRT itself
+    with pytest.raises(BackendUnavailableError) as exc:
+        LiveStage(ReconstructionSettings(model_dir=str(model_dir), backend="tensorrt", threads=1,
+                                         cached_context=False))
+    assert "no live graph" not in str(exc.value)

@@ -114,3 +114,17 @@ class _FailingFactory:
 def test_a_child_that_cannot_build_its_reconstructor_fails_at_start() -> None:
     with pytest.raises(StageError, match="no model here"):
         ReconstructionProcess(_FailingFactory())
+
+
+class _ConfigFailingFactory:
+    def __call__(self) -> Any:
+        from rt_decoder.errors import ConfigError
+
+        raise ConfigError("[reconstruction] model_dir 'x' is not a model directory")
+
+
+def test_a_configuration_error_in_the_child_keeps_its_type() -> None:
+    from rt_decoder.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a model directory"):
+        ReconstructionProcess(_ConfigFailingFactory())

@@ -136,8 +136,55 @@ def test_rig_stream_settings_are_validated_at_construction() -> None:
     assert RigStreamSettings().frame_rate_hz == 30.0
     for bad, match in (({"frames": -1}, "--frames"), ({"neurons": 0}, "--neurons"),
                        ({"frame_rate_hz": 0.0}, "--fs"), ({"trials": "x"}, "trials"),
-                       ({"trials": "1", "heldout": True}, "exclude")):
+                       ({"trials": "1", "heldout": True}, "exclude"), ({"lead_trials": -1}, "--lead-trials"),
+                       ({"lead_trials": 3, "buffer_trials": 2}, "--buffer-trials"),
+                       ({"buffer_trials": 0}, "--buffer-trials")):
         with pytest.raises(ConfigError, match=match):
             RigStreamSettings(**bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="exactly one"):
         run_rig_stream(RigStreamSettings(), bind="tcp://127.0.0.1:*", connect="tcp://127.0.0.1:1")
+
+
+def _run_slow_rig(monkeypatch: pytest.MonkeyPatch, *, lead_trials: int, trials: int,
+                  delay_s: float) -> dict[str, object]:
+    """The rig in this process at 240 Hz (a 300-frame trial lasts 1.25 s), its generator
+    worker sleeping ``delay_s`` before each trial: slower than real time when delay_s > 1.25."""
+    from bindings.virtual_rig import RigStreamSettings, run_rig_stream
+
+    monkeypatch.setenv("RT_DECODER_RIG_TEST_GENERATION_DELAY_S", str(delay_s))
+    s = RigStreamSettings(neurons=N, seed=SEED, frames=300 * trials, frame_rate_hz=240.0, send_stimulus=False,
+                          quiet=True, report_every_s=0.0, lead_trials=lead_trials,
+                          buffer_trials=max(lead_trials, 4))
+    return run_rig_stream(s, bind="tcp://127.0.0.1:*")
+
+
+def test_a_slow_generator_never_makes_the_rig_late_once_the_lead_is_buffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 s per 1.25 s trial: slower than real time. 3 trials are generated before the first
+    # frame; the 4th is generated while the first three stream and is ready before its deadline.
+    summary = _run_slow_rig(monkeypatch, lead_trials=3, trials=4, delay_s=2.0)
+    assert summary["frames_sent"] == 1200
+    assert summary["lead_frames"] == 900 and summary["lead_filled_frames"] == 900
+    assert summary["buffer_capacity_frames"] == 1200
+    assert summary["generator_underruns"] == 0
+    assert summary["buffer_min_frames"] is not None and summary["buffer_min_frames"] > 0  # type: ignore[operator]
+    assert summary["send_lateness_ms_p50"] == summary["send_lateness"]["median_ms"]  # type: ignore[index]
+
+
+def test_without_a_lead_the_same_slow_generator_underruns_and_the_summary_says_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the old behaviour (stream as soon as the first trial exists): trial 2 is needed 1.25 s
+    # after the first frame but is generated 2 s after it: its first ~170 frames are underruns
+    summary = _run_slow_rig(monkeypatch, lead_trials=0, trials=2, delay_s=2.0)
+    assert summary["frames_sent"] == 600 and summary["lead_frames"] == 0
+    assert summary["generator_underruns"] >= 100  # type: ignore[operator]  # about 170 at 240 Hz
+    assert summary["real_time"] is False and "generator underruns" in str(summary["real_time_reason"])
+
+
+def test_rig_real_time_judgement() -> None:
+    from bindings.virtual_rig import rig_real_time
+
+    assert rig_real_time(0, 0.2, 30.0) == (True, "")
+    ok, why = rig_real_time(0, 20.0, 30.0)  # half a period at 30 Hz is 16.7 ms
+    assert not ok and "send lateness p99 20.0 ms" in why
+    ok, why = rig_real_time(3, float("nan"), 30.0)
+    assert not ok and why.startswith("3 frame(s) not generated")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rt_decoder import cli
+from cli import main as cli
 from rt_decoder.io.sensorium import load_dataset
 from rt_decoder.sim import RigConfig, VirtualRig
 

@@ -183,6 +183,15 @@ def test_settings_and_mask_file_are_validated(tmp_path: Path) -> None:
         load_eval_mask(str(empty))
 
 
+def test_sink_command_refuses_a_non_loopback_address_unless_allowed(tmp_path: Path, capsys: Any) -> None:
+    from cli.main import main
+
+    rc = main(["sink", "--decoded", "tcp://192.0.2.1:5556", "--out", str(tmp_path / "out"), "--no-figures"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--decoded" in err and "not loopback" in err and "--allow-non-loopback" in err
+
+
 def test_run_sink_loop_on_in_memory_links() -> None:
     from streaming.transport import fake_pair
 
@@ -299,6 +308,8 @@ def test_sink_process_on_loopback_writes_files_and_right_metrics(tmp_path: Path)
 class _EchoStage:
     """A stand-in reconstruction stage: 'decodes' frame i as the true stimulus frame i."""
 
+    model_deconv: dict[str, Any] = {}
+
     def __init__(self, true: np.ndarray) -> None:
         self.true = true
 
@@ -368,9 +379,10 @@ def test_sink_on_the_real_service_with_a_stand_in_stage() -> None:
     assert rc == [0] and reason == "session_end"
     skipped = m["skips"]["service_skipped_frames"]  # the slot may skip a frame on a loaded machine
     decoded = m["frames"]["decoded"]
-    # the first init_frames - 1 frames are the deconvolution's initial batch: not reconstructed
-    not_ready = 30 - 1
-    assert m["output_kind"] == "decoded" and decoded + skipped == n - not_ready and decoded >= n - not_ready - 5
+    # the first init_frames - 1 frames are the deconvolution's initial batch, and the frames that
+    # arrive while it is estimated off the frame path (at least the one completing it): not reconstructed
+    not_ready = 30
+    assert m["output_kind"] == "decoded" and decoded + skipped <= n - not_ready and decoded >= n - not_ready - 5
     assert m["frames"]["matched"] == decoded and m["frames"]["stimulus"] == n
     assert list(m["latency_ms"]["stages"]) == ["acq->rx", "rx->decode", "decode->deconv", "deconv->recon",
                                               "recon->tx", "tx->sink"]

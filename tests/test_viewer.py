@@ -413,7 +413,7 @@ def live_rig(tmp_path: Path) -> Iterator[dict[str, Any]]:
         n, model, recon, init = 8000, shipped, "", 100
         rig_args = ["--heldout", "--n-trials", "30"]
     else:  # quick: a small random model whose neurons are the rig's ROIs
-        n, init, recon = 300, 30, "lag_frames = 4\nfixed_steps = 1\n"
+        n, init, recon = 300, 30, "[reconstruction.live]\nlag_frames = 4\nfixed_steps = 1\n"
         model = write_random_model(tmp_path / "model", n_neurons=n, n_members=1, seed=0, window_frames=16)
         np.save(model / "neuron_ids.npy", np.arange(n, dtype=np.int64), allow_pickle=False)  # the rig's ids
     rig_addr, out_addr, status_addr = _tcp(), _tcp(), _tcp()

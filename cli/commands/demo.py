@@ -17,9 +17,15 @@ Three processes on free loopback ports, each started as ``python -m cli ...``:
 service's output and status and to the rig's stimulus); the demo prints its address.
 
 When the rig has sent its frames and the sink has drained, the service gets SIGINT (it
-drains and writes ``serve_summary.json``); the demo then prints the sink's summary table
-and where the files are. Exit code 0 only when every process succeeded and frames came
-out; Ctrl-C (or SIGTERM) stops every child cleanly (exit code 130).
+drains and writes ``serve_summary.json``); the demo then prints the sink's summary table,
+the source's timing apart from the service's (the rig's ``rig_summary.json``: send
+lateness p50/p99, generator underruns; the service's latency and its real-time judgement:
+``real_time``, ``real_time_reason``, ``counters.not_real_time_events``), a clear warning when
+the run was not real time (the service judged itself not real time at any point, or the
+rig was late), and where the files are; it writes all of this to ``demo_summary.json``
+(or ``--summary-json``). Exit code 0 only when every process succeeded and frames came
+out (a run that was not real time still exits 0: it is warned about, not failed); Ctrl-C
+(or SIGTERM) stops every child cleanly (exit code 130).
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve the live viewer page here while the demo runs (default 127.0.0.1:8050, or any free "
                    "port when that one is taken)")
     p.add_argument("--no-view", action="store_true", help="no live viewer")
+    p.add_argument("--summary-json", metavar="PATH", help="write the demo's summary (exit codes, source timing, "
+                   "service latency, real-time verdict and warnings) here (default: OUT/demo_summary.json)")
 
 
 # ---------------------------------------------------------------------------- child processes
@@ -199,22 +207,15 @@ def _toml(tables: dict[str, dict[str, Any]]) -> str:
 
 
 def reconstruction_table(model_dir: Path | None, neurons: int, *,
-                         wanted: bool = True) -> tuple[dict[str, Any] | None, bool, str]:
-    """The ``[reconstruction]`` table of the generated config.
+                         wanted: bool = True) -> tuple[dict[str, Any], bool, str]:
+    """The ``[reconstruction]`` table of the generated config (``ReconstructionSettings`` keys).
 
-    Returns ``(table, active, why_not)``: ``table`` is None when the service has no
-    ``[reconstruction]`` section (it then publishes activity frames anyway); otherwise it
-    switches reconstruction on with ``model_dir`` (``active`` True), or off, explicitly,
-    when it is not wanted, there is no model, or the model decodes another number of
-    neurons than the rig streams (``why_not`` says which).
+    Returns ``(table, active, why_not)``: the table switches reconstruction on with
+    ``model_dir`` (``active`` True; everything else at the service's defaults), or off,
+    explicitly, when it is not wanted, there is no model, or the model decodes another
+    number of neurons than the rig streams (``why_not`` says which).
     """
-    import dataclasses
-
-    from streaming.config import ServiceConfig
-
-    if "reconstruction" not in {f.name for f in dataclasses.fields(ServiceConfig)}:
-        return None, False, "the service has no reconstruction stage (no [reconstruction] in streaming/config.py)"
-    off = {"enabled": False}
+    off: dict[str, Any] = {"enabled": False}
     if not wanted:
         return off, False, "--no-reconstruction"
     if model_dir is None:
@@ -322,7 +323,8 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create --out {str(out)!r}: {exc}") from None
-    for stale in ("metrics.json", "side_by_side.gif", "latency_hist.png", "summary.png", "serve_summary.json"):
+    for stale in ("metrics.json", "side_by_side.gif", "latency_hist.png", "summary.png", "serve_summary.json",
+                  "rig_summary.json", "demo_summary.json"):
         (out / stale).unlink(missing_ok=True)
     rig_addr, out_addr, status_addr = _free_tcp_addresses(3)
     model_dir = Path(args.model).resolve() if args.model else (DEMO_MODEL if DEMO_MODEL.is_dir() else None)
@@ -383,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
                                  "--heldout", "--frames", str(args.frames), "--fs", str(args.fs),
                                  *(["--n-trials", str(n_trials)] if n_trials else []),
                                  "--wait-subscribers", "2", "--wait-timeout-s", str(args.setup_timeout_s),
-                                 "--report-every-s", "5"])
+                                 "--report-every-s", "5", "--summary-json", str(out / "rig_summary.json")])
             stages.append(rig)
             if rig.wait_for(r"publishing on", args.setup_timeout_s) is None:
                 failure = "the rig did not start"
@@ -426,43 +428,160 @@ def run(args: argparse.Namespace) -> int:
     return _report(out, args, rcs, failure, interrupted, t0, t_stream, t_end)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; {} when it is missing or unreadable (a child that failed)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def source_timing(rig: dict[str, Any]) -> dict[str, Any]:
+    """The source's (virtual rig's) timing from its summary JSON: frames sent, send lateness
+    (send start minus the frame's deadline) p50/p99/max in ms, generator underruns (frames not
+    generated by their deadline), late frames, the lead, and its own real-time verdict."""
+    if not rig:
+        return {"available": False}
+    lateness = rig.get("send_lateness") or {}
+    return {
+        "available": True, "frames_sent": rig.get("frames_sent"), "rate_hz": rig.get("rate_hz"),
+        "send_lateness_ms_p50": rig.get("send_lateness_ms_p50", lateness.get("median_ms")),
+        "send_lateness_ms_p99": rig.get("send_lateness_ms_p99", lateness.get("p99_ms")),
+        "send_lateness_ms_max": lateness.get("max_ms"),
+        "generator_underruns": rig.get("generator_underruns"),
+        "late_frames_over_half_period": rig.get("late_frames_over_half_period"),
+        "lead_frames": rig.get("lead_frames"), "lead_wait_s": rig.get("lead_wait_s"),
+        "buffer_min_frames": rig.get("buffer_min_frames"),
+        "real_time": rig.get("real_time"), "real_time_reason": rig.get("real_time_reason", ""),
+    }
+
+
+def service_timing(serve: dict[str, Any]) -> dict[str, Any]:
+    """The service's latency and real-time judgement from its JSON summary: receive ->
+    published (``service``) and receive -> activity ready (``frame_path``) p50/p99 in ms, frames
+    received/published/skipped, ``real_time`` (at the end), ``real_time_reason`` and
+    ``not_real_time_events`` (times it judged itself not real time during the run)."""
+    if not serve:
+        return {"available": False}
+    counters = serve.get("counters") or {}
+    notes = serve.get("notes") or {}
+    lat = serve.get("latency_ms") or {}
+    real_time = serve.get("real_time")
+    if real_time is None and "real_time" in notes:
+        real_time = notes["real_time"] == "yes"
+    return {
+        "available": True, "frames_received": counters.get("frames_received"),
+        "frames_published": counters.get("frames_published"), "skipped_frames": counters.get("skipped_frames"),
+        "frames_missing": counters.get("frames_missing"), "malformed_total": serve.get("malformed_total"),
+        "service_ms_p50": (lat.get("service") or {}).get("p50"), "service_ms_p99": (lat.get("service") or {}).get("p99"),
+        "frame_path_ms_p50": (lat.get("frame_path") or {}).get("p50"),
+        "frame_path_ms_p99": (lat.get("frame_path") or {}).get("p99"),
+        "real_time": real_time, "real_time_reason": serve.get("real_time_reason") or notes.get("real_time_reason", ""),
+        "not_real_time_events": counters.get("not_real_time_events"),
+        "reconstruction": notes.get("reconstruction"),
+    }
+
+
+def real_time_verdict(source: dict[str, Any], service: dict[str, Any]) -> tuple[bool | None, list[str]]:
+    """Was the run real time? Not when the service judged itself not real time at any point
+    (``not_real_time_events`` > 0, or not real time at the end) or the rig was late
+    (generator underruns, or its own verdict). Returns ``(verdict, warnings)``; the verdict is
+    None when neither side reported (a failed run)."""
+    warnings: list[str] = []
+    known = False
+    if service.get("available"):
+        events = service.get("not_real_time_events")
+        if events is not None or service.get("real_time") is not None:
+            known = True
+        if (events or 0) > 0 or service.get("real_time") is False:
+            why = service.get("real_time_reason") or "no reason given"
+            warnings.append(f"the service was NOT REAL TIME ({events or 0} time(s) during the run; last reason: "
+                            f"{why})")
+    if source.get("available"):
+        known = True
+        underruns = source.get("generator_underruns") or 0
+        if underruns > 0 or source.get("real_time") is False:
+            why = source.get("real_time_reason") or f"{underruns} generator underrun(s)"
+            warnings.append(f"the source (virtual rig) was LATE: {why}; send lateness p50 "
+                            f"{_ms(source.get('send_lateness_ms_p50'))}, p99 {_ms(source.get('send_lateness_ms_p99'))}")
+    if not known:
+        return None, warnings
+    return not warnings, warnings
+
+
+def _ms(v: Any) -> str:
+    return f"{float(v):.3f} ms" if isinstance(v, (int, float)) else "-"
+
+
+def format_timing(source: dict[str, Any], service: dict[str, Any]) -> list[str]:
+    """The demo's two timing lines: the source apart from the service."""
+    lines = []
+    if source.get("available"):
+        lines.append(f"source (virtual rig): sent {source.get('frames_sent')} frames; send lateness (send - deadline) "
+                     f"p50 {_ms(source.get('send_lateness_ms_p50'))}, p99 {_ms(source.get('send_lateness_ms_p99'))}, "
+                     f"max {_ms(source.get('send_lateness_ms_max'))}; generator underruns "
+                     f"{source.get('generator_underruns')}; {source.get('lead_frames')} frames generated ahead "
+                     f"before the first")
+    else:
+        lines.append("source (virtual rig): no summary (rig_summary.json missing)")
+    if service.get("available"):
+        flag = service.get("real_time")
+        rt = "yes" if flag is True else "NO" if flag is False else "not reported"
+        lines.append(f"service: received {service.get('frames_received')} frames, published "
+                     f"{service.get('frames_published')}, skipped {service.get('skipped_frames')}, missing "
+                     f"{service.get('frames_missing')}, malformed {service.get('malformed_total')}; receive -> "
+                     f"published p50 {_ms(service.get('service_ms_p50'))}, p99 {_ms(service.get('service_ms_p99'))}; "
+                     f"frame path (receive -> activity) p50 {_ms(service.get('frame_path_ms_p50'))}, p99 "
+                     f"{_ms(service.get('frame_path_ms_p99'))}; real time at the end: {rt}, not-real-time events "
+                     f"{service.get('not_real_time_events')}; reconstruction: {service.get('reconstruction')}")
+    return lines
+
+
 def _report(out: Path, args: argparse.Namespace, rcs: dict[str, int], failure: str, interrupted: _Interrupted,
             t0: float, t_stream: float | None, t_end: float | None) -> int:
+    from streaming.metrics import write_summary
     from streaming.sink import format_summary
 
     total = time.monotonic() - t0
-    metrics_path = out / "metrics.json"
-    metrics: dict[str, Any] = {}
-    if metrics_path.is_file():
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except ValueError:
-            metrics = {}
+    metrics = _read_json(out / "metrics.json")
+    source = source_timing(_read_json(out / "rig_summary.json"))
+    service = service_timing(_read_json(out / "serve_summary.json"))
+    real_time, warnings = real_time_verdict(source, service)
     print("demo: ---------------------------------------------------------------- summary", flush=True)
     if metrics:
         print(format_summary(metrics), flush=True)
-    serve_summary = out / "serve_summary.json"
-    if serve_summary.is_file():
-        try:
-            ss = json.loads(serve_summary.read_text())
-            c = ss.get("counters", {})
-            print(f"service: received {c.get('frames_received')} frames, published {c.get('frames_published')}, "
-                  f"skipped {c.get('skipped_frames')}, missing {c.get('frames_missing')}, "
-                  f"malformed {ss.get('malformed_total')}; reconstruction: "
-                  f"{ss.get('notes', {}).get('reconstruction')}", flush=True)
-        except ValueError:
-            pass
-    files = [p.name for p in sorted(out.iterdir()) if p.is_file()] if out.is_dir() else []
-    print(f"demo: files in {out}: {', '.join(files)}", flush=True)
+    for line in format_timing(source, service):
+        print(line, flush=True)
+    for w in warnings:
+        print(f"demo: WARNING: {w}", flush=True)
+    if warnings:
+        print("demo: WARNING: this run was NOT REAL TIME: its latencies and skips do not show what the product does "
+              "on a machine that keeps up (see the README, 'The demo')", flush=True)
     stream_s = f"{t_end - t_stream:.1f} s streaming + drain" if t_stream is not None and t_end is not None else ""
     print(f"demo: exit codes {rcs}; {total:.1f} s in all"
           + (f" ({t_stream - t0:.1f} s start-up, {stream_s})" if stream_s and t_stream is not None else ""),
           flush=True)
     if failure:
         print(f"demo: FAILED: {failure}", flush=True)
-    if interrupted.signum is not None:
-        return 130
     ok = (not failure and all(rc == 0 for rc in rcs.values()) and len(rcs) == 3
           and metrics.get("frames", {}).get("output", 0) > 0)
+    summary_path = Path(args.summary_json) if args.summary_json else out / "demo_summary.json"
+    summary = {
+        "ok": ok, "failure": failure, "interrupted": interrupted.signum is not None, "exit_codes": rcs,
+        "real_time": real_time, "warnings": warnings, "source": source, "service": service,
+        "sink": {"output_frames": metrics.get("frames", {}).get("output"),
+                 "video_corr": (metrics.get("correlation") or {}).get("video_corr"),
+                 "metrics_json": str(out / "metrics.json")},
+        "seconds": {"total": total, "start_up": (t_stream - t0) if t_stream is not None else None,
+                    "streaming_and_drain": (t_end - t_stream) if t_stream is not None and t_end is not None else None},
+    }
+    try:
+        write_summary(str(summary_path), summary)
+    except OSError as exc:
+        print(f"demo: cannot write {summary_path}: {exc}", flush=True)
+    files = [p.name for p in sorted(out.iterdir()) if p.is_file()] if out.is_dir() else []
+    print(f"demo: files in {out}: {', '.join(files)}", flush=True)
+    if interrupted.signum is not None:
+        return 130
     return 0 if ok else 1
-

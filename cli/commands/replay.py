@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
     import time
 
-    from streaming.config import check_address
+    from streaming.transport import check_address
     from streaming.replay import (ReplaySettings, Replayer, check_model_coverage, make_publisher, open_source,
                                   stats_json)
 

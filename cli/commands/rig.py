@@ -45,6 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-timeout-s", type=float, default=30.0, help="give up waiting after this (default 30)")
     p.add_argument("--resend-info-every-s", type=float, default=1.0, help="session_start re-send period")
     p.add_argument("--spin-ms", type=float, default=2.0, help="busy-wait this long before each deadline")
+    p.add_argument("--lead-trials", type=int, default=2, metavar="K", help="whole trials generated before the "
+                   "first frame is sent (default 2; fewer when --frames asks for fewer)")
+    p.add_argument("--buffer-trials", type=int, default=4, metavar="K", help="the most trials generated ahead "
+                   "while streaming (default 4; memory about K x 300 x (neurons + 2308) x 4 bytes)")
     p.add_argument("--allow-non-loopback", action="store_true", help="allow binding a non-loopback address")
     deprecated_alias(p, "--allow-remote", "--allow-non-loopback", dest="allow_non_loopback", flag=True)
     p.add_argument("--realtime", action="store_true", help="pace with real-time (SCHED_FIFO) priority when the "
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         session_id=args.session_id, send_stimulus=not args.no_stimulus, wait_subscribers=args.wait_subscribers,
         wait_timeout_s=args.wait_timeout_s, resend_info_every_s=args.resend_info_every_s, spin_ms=args.spin_ms,
         allow_non_loopback=args.allow_non_loopback, realtime=args.realtime, report_every_s=args.report_every_s,
-        quiet=args.quiet, record=args.record, overwrite=args.overwrite)
+        quiet=args.quiet, record=args.record, overwrite=args.overwrite, lead_trials=args.lead_trials,
+        buffer_trials=args.buffer_trials)
     summary = run_rig_stream(settings, bind=args.bind, connect=args.connect)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("_")}), flush=True)
     if args.summary_json:

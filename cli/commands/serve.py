@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rt_decoder.recon.process import ReconstructionProcess
+    from rt_decoder.recon.stage import LiveStage
+    from streaming.config import ServiceConfig
 
 HELP = "run the live decoder: ZeroMQ fluorescence in, decoded movie frames out"
 
@@ -45,9 +51,15 @@ def run(args: argparse.Namespace) -> int:
 
         viewer, url = start_viewer_process(config, args.view)
         print(f"rt-decoder serve: live viewer at {url}", flush=True)
+    stage = None
     try:
-        return DecoderService(config, build_stage(config)).run()
+        stage = build_stage(config)
+        return DecoderService(config, stage).run()
     finally:
+        from rt_decoder.recon.process import ReconstructionProcess
+
+        if isinstance(stage, ReconstructionProcess):
+            stage.close()
         if viewer is not None:
             viewer.terminate()
             try:
@@ -57,14 +69,24 @@ def run(args: argparse.Namespace) -> int:
                 viewer.wait()
 
 
-def build_stage(config):  # type: ignore[no-untyped-def]
-    """The live reconstruction stage of ``[reconstruction]``, or None when disabled."""
-    r = config.reconstruction
-    if not r.enabled:
+def build_stage(config: ServiceConfig) -> LiveStage | ReconstructionProcess | None:
+    """The live reconstruction of ``config.reconstruction``, or None when it is disabled.
+
+    With ``process = true`` (the default) the ``LiveStage`` is built and run in a child
+    process at a lower CPU priority (``rt_decoder.recon.process``); the caller closes it.
+
+    Raises ConfigError / BackendUnavailableError / ModelError at construction (no model
+    directory, a backend that cannot run here or cannot run the cached-context path).
+    """
+    rs = config.reconstruction
+    if not rs.enabled:
         return None
-    import dataclasses
+    from rt_decoder.recon.stage import LiveStage
 
-    from rt_decoder.recon.stage import LiveStage, StageSettings
+    if rs.process:
+        import functools
 
-    fields = {f.name for f in dataclasses.fields(StageSettings)}
-    return LiveStage(StageSettings(**{k: v for k, v in dataclasses.asdict(r).items() if k in fields}))
+        from rt_decoder.recon.process import ReconstructionProcess
+
+        return ReconstructionProcess(functools.partial(LiveStage, rs), nice=rs.process_nice)
+    return LiveStage(rs)

@@ -64,24 +64,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-figures", action="store_true", help="write metrics.json only")
     p.add_argument("--report-every-s", type=float, default=5.0, help="progress line period (0: none)")
     p.add_argument("--quiet", action="store_true", help="print only where the files are")
+    p.add_argument("--allow-non-loopback", action="store_true", help="allow addresses that are not loopback "
+                   "(another machine's service or rig)")
 
 
-def _sub_socket(ctx: Any, address: str, max_bytes: int) -> Any:
-    import zmq
+def _sub_socket(ctx: Any, address: str, max_bytes: int, *, allow_non_loopback: bool, what: str) -> Any:
+    """A SUB socket subscribed to everything, connected to ``address`` (``streaming.transport.open_socket``)."""
+    from streaming.transport import open_socket
 
-    from rt_decoder.errors import ConfigError
-
-    sock = ctx.socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVHWM, 100_000)
-    sock.setsockopt(zmq.MAXMSGSIZE, 4 * max_bytes)
-    sock.setsockopt(zmq.SUBSCRIBE, b"")
-    try:
-        sock.connect(address)
-    except zmq.ZMQError as exc:
-        sock.close(linger=0)
-        raise ConfigError(f"cannot connect to {address!r}: {exc}") from None
-    return sock
+    return open_socket("sub", address, bind=False, allow_non_loopback=allow_non_loopback, context=ctx, what=what,
+                       options={"LINGER": 0, "RCVHWM": 100_000, "MAXMSGSIZE": 4 * max_bytes, "SUBSCRIBE": b""})
 
 
 def write_latency_figure(path: Path, latencies_ms: dict[str, Any], totals: set[str] | frozenset[str] = frozenset(),
@@ -200,14 +192,15 @@ def _receive_and_write(args: argparse.Namespace, settings: Any, mask: Any, out: 
     sockets = []
     max_bytes = 16 * 1024 * 1024
     try:
-        for name, address in (("output", args.decoded), ("source", args.stimulus), ("status", args.status)):
+        for name, flag, address in (("output", "--decoded", args.decoded), ("source", "--stimulus", args.stimulus),
+                                    ("status", "--status", args.status)):
             if address:
-                sock = _sub_socket(ctx, address, max_bytes)
+                sock = _sub_socket(ctx, address, max_bytes, allow_non_loopback=args.allow_non_loopback, what=flag)
                 sockets.append(sock)
                 subs[name] = StreamSubscriber(sock, max_bytes=max_bytes)
         poller = zmq.Poller()
         for sock in sockets:
-            poller.register(sock, zmq.POLLIN)
+            poller.register(sock.sock, zmq.POLLIN)
         collector = SinkCollector(settings)
         print(f"sink: subscribed to output {args.decoded}"  # also with --quiet: the demo waits for this line
               + (f", source {args.stimulus}" if args.stimulus else "")

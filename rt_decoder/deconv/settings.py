@@ -1,16 +1,21 @@
 """Settings of the online deconvolution stage (frozen, validated, unknown keys rejected).
 
-This module imports the standard library and ``rt_decoder.errors`` only.
+Each field carries its meaning, bounds and choices (``rt_decoder.settings.option``), so the
+service's ``[deconv]`` table is this class; ``__post_init__`` keeps its own checks
+(including those between fields). This module imports the standard library,
+``rt_decoder.errors`` and ``rt_decoder.settings`` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from rt_decoder.errors import ConfigError
+from rt_decoder.settings import option
 
 MODELS = ("auto", "ar1", "ar2")
 PENALTIES = ("s_min", "l1")
@@ -120,25 +125,35 @@ class DeconvSettings:
     0.05 beat 0.1 and 0.2 (AR(2) data, SNR 3.3: 0.832 / 0.822 / 0.800).
     """
 
-    model: str = "auto"
-    indicator: str = "auto"
-    penalty: str = "s_min"
-    penalty_sigmas: float = 0.0
-    lag_frames: int = 5
-    revise_frames: int = 5
-    history_frames: int = 64
-    max_pools: int = 4
-    init_frames: int = 300
-    kinetics: str = "estimate"
-    tau_decay_s: float = 1.0
-    tau_rise_s: float = 0.08
-    tau_decay_min_s: float = 0.1
-    tau_decay_max_s: float = 5.0
-    normalise: str = "dff"
-    baseline: str = "tracked"
-    baseline_quantile: float = 0.05
-    baseline_rate_sigmas_per_s: float = 1.0
-    reestimate_every_s: float = 0.0
+    model: str = option("auto", "calcium model: AR(1), AR(2), or auto (chosen per ROI from the initial batch)",
+                        choices=MODELS)
+    indicator: str = option("auto", "indicator preset giving the kinetics prior (replaces tau_decay_s/tau_rise_s); "
+                            "auto = tau_decay_s/tau_rise_s as a weak prior", choices=INDICATORS)
+    penalty: str = option("s_min", "sparsity: minimum spike size or L1 penalty", choices=PENALTIES)
+    penalty_sigmas: float = option(0.0, "size of the sparsity term in noise standard deviations (0 = none)",
+                                   0.0, 20.0)
+    lag_frames: int = option(5, "readout lag: the activity frame emitted for input frame t estimates frame "
+                             "t - lag_frames (< history_frames)", 0, 4095)
+    revise_frames: int = option(5, "an estimate is final once read revise_frames after its frame "
+                                "(< history_frames)", 0, 4095)
+    history_frames: int = option(64, "recent frames the stage can return (the reconstruction's targets)", 1, 4096)
+    max_pools: int = option(4, "OASIS pools kept per ROI; when full the oldest is committed", 4, 4096)
+    init_frames: int = option(300, "initial batch from which per-ROI parameters are estimated", 30, 100_000)
+    kinetics: str = option("estimate", "estimate (per ROI, shrunk to the population and prior) | per_roi "
+                           "(own estimate only) | fixed (the prior for every ROI)", choices=KINETICS)
+    tau_decay_s: float = option(1.0, "decay time constant, s (fixed kinetics, fallback; within "
+                                "[tau_decay_min_s, tau_decay_max_s])", 1e-3, 60.0)
+    tau_rise_s: float = option(0.08, "rise time constant, s (< tau_decay_s unless model = ar1)", 1e-4, 10.0)
+    tau_decay_min_s: float = option(0.1, "lower bound of the estimated decay time constant, s", 1e-3, 60.0)
+    tau_decay_max_s: float = option(5.0, "upper bound of the estimated decay time constant, s", 1e-3, 60.0)
+    normalise: str = option("dff", "deconvolve dF/F = (F - F0) / max(F0, sigma_F), or F - F0", choices=NORMALISE)
+    baseline: str = option("tracked", "F0 tracked online (running low quantile) or fixed at the initial batch",
+                           choices=BASELINE)
+    baseline_quantile: float = option(0.05, "quantile the baseline tracker follows", 0.01, 0.5)
+    baseline_rate_sigmas_per_s: float = option(1.0, "baseline tracker step in raw-noise standard deviations per "
+                                               "second (> 0)", 0.0, 100.0)
+    reestimate_every_s: float = option(0.0, "re-estimate noise, penalty and kinetics this often, s of stream "
+                                       "(0 = off)", 0.0, 86400.0)
 
     def __post_init__(self) -> None:
         for name, allowed in (("model", MODELS), ("indicator", INDICATORS), ("penalty", PENALTIES),
@@ -186,6 +201,37 @@ class DeconvSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def with_model_defaults(self, model_deconv: Mapping[str, Any], explicit_keys: Iterable[str]) -> DeconvSettings:
+        """These settings over a model's recorded ones: the deconvolution a decoding service runs.
+
+        A model records the deconvolution its training responses were made with (manifest
+        ``training.deconv_settings``, ``LiveStage.model_deconv``); the service deconvolves the
+        same way unless its configuration set a key explicitly.
+
+        Parameters
+        ----------
+        model_deconv : mapping
+            The model's recorded ``DeconvSettings`` keys (may be empty).
+        explicit_keys : iterable of str
+            Fields of ``self`` that the configuration set; they win over the model's.
+
+        Raises
+        ------
+        ConfigError
+            a recorded key unknown to this version, or a combination that does not validate.
+        """
+        explicit = set(explicit_keys)
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(model_deconv) - known)
+        if unknown:
+            raise ConfigError(f"the model's recorded deconvolution settings have unknown keys {unknown} "
+                              f"(known: {sorted(known)})")
+        table = {**dict(model_deconv), **{k: getattr(self, k) for k in explicit}}
+        try:
+            return dataclasses.replace(DeconvSettings(), **table)
+        except ConfigError as exc:
+            raise ConfigError(f"[deconv] over the model's recorded settings {dict(model_deconv)}: {exc}") from None
 
     @property
     def prior_kinetics(self) -> tuple[float, float]:

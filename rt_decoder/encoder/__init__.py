@@ -17,7 +17,6 @@ TensorRT-readiness check), ``export``. Torch-only: ``torch_model``, ``train``.
 
 from rt_decoder.encoder.backends import (
     BackendSettings,
-    EncoderBackend,
     OnnxRuntimeBackend,
     TensorRTBackend,
     TorchBackend,
@@ -27,9 +26,10 @@ from rt_decoder.encoder.backends import (
 from rt_decoder.encoder.config import ArchConfig, TrainConfig
 from rt_decoder.encoder.manifest import AlphaMasks, EncoderModel, Manifest, load_model
 from rt_decoder.encoder.trt_check import assert_trt_ready, check_trt_ready
+from rt_decoder.encoder_protocol import Encoder, LiveEncoder
 
 __all__ = [
-    "AlphaMasks", "ArchConfig", "BackendSettings", "EncoderBackend", "EncoderModel", "Manifest",
+    "AlphaMasks", "ArchConfig", "BackendSettings", "Encoder", "EncoderModel", "LiveEncoder", "Manifest",
     "OnnxRuntimeBackend", "TensorRTBackend", "TorchBackend", "TrainConfig", "assert_trt_ready",
     "check_trt_ready", "load_model", "open_backend", "open_ensemble",
 ]

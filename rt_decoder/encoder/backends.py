@@ -1,4 +1,4 @@
-"""Compute backends of the encoder behind one interface: ``forward`` and ``loss_and_grad``.
+"""Compute backends of the encoder behind one protocol (``rt_decoder.encoder_protocol.Encoder``).
 
 ::
 
@@ -24,11 +24,13 @@ units 0..255, time-major (W, 36, 64); behaviour (W, 4) in ``BEHAVIOUR_FIELDS`` o
 targets (W, N); neuron_weights (N,) (0 removes a neuron from the loss); frame_weights (W,)
 (default ones).
 
-Causal encoders also offer the cached-context path used live: ``features(video)`` returns
-the per-frame core features (K, C2, 9, 16) of frames that no longer change, and
-``loss_and_grad_live(video, context, ...)`` computes the loss over the ``live_frames``
-newest frames with ``context`` = the features of the ``temporal_kernel - 1`` frames before
-them: exact, and only the new frames pass through the spatial core.
+Causal encoders also offer the cached-context path used live (``LiveEncoder``):
+``features(video)`` returns the per-frame core features (K, C2, 9, 16) of frames that no
+longer change, and ``loss_and_grad_live(video, context, ...)`` computes the loss over the
+``live_frames`` newest frames with ``context`` = the features of the ``temporal_kernel - 1``
+frames before them: exact, and only the new frames pass through the spatial core. ONNX
+Runtime and torch implement it; TensorRT has no live graph and refuses ``live_frames > 0``
+at construction (``BackendUnavailableError``).
 
 This module imports numpy, onnx(runtime) and the standard library at module level; never
 torch.
@@ -41,7 +43,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -49,9 +51,11 @@ from rt_decoder.encoder.config import FEATURE_SHAPE, FRAME_SHAPE
 from rt_decoder.encoder.manifest import EncoderModel
 from rt_decoder.encoder.onnx_graph import build_graph
 from rt_decoder.encoder.params import readout_tables
+from rt_decoder.encoder_protocol import BACKEND_KINDS, Encoder
 from rt_decoder.errors import BackendUnavailableError, ConfigError, ShapeMismatchError
 
-BACKEND_KINDS = ("onnxruntime", "torch", "tensorrt")
+__all__ = ["BACKEND_KINDS", "BackendSettings", "OnnxRuntimeBackend", "TensorRTBackend", "TorchBackend",
+           "open_backend", "open_ensemble"]
 
 
 @dataclass(frozen=True)
@@ -100,24 +104,6 @@ class BackendSettings:
         if unknown:
             raise ConfigError(f"unknown BackendSettings key(s) {unknown}; known: {sorted(known)}")
         return cls(**data)
-
-
-class EncoderBackend(Protocol):
-    """What every backend offers (and what reconstruction consumes)."""
-
-    name: str
-
-    @property
-    def window_frames(self) -> int: ...
-
-    @property
-    def n_neurons(self) -> int: ...
-
-    def forward(self, video: np.ndarray, behaviour: np.ndarray) -> np.ndarray: ...
-
-    def loss_and_grad(self, video: np.ndarray, behaviour: np.ndarray, targets: np.ndarray,
-                      neuron_weights: np.ndarray, frame_weights: np.ndarray | None = None
-                      ) -> tuple[float, np.ndarray]: ...
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -388,6 +374,12 @@ class TensorRTBackend(_Base):
     def __init__(self, model: EncoderModel, member: int = 0, settings: BackendSettings | None = None) -> None:
         settings = settings or BackendSettings(kind="tensorrt")
         super().__init__(model, member, settings)
+        if settings.live_frames:
+            raise BackendUnavailableError(
+                "the tensorrt backend has no live graph (it lacks the LiveEncoder methods features and "
+                "loss_and_grad_live), so it cannot run the cached-context path (live_frames = "
+                f"{settings.live_frames}): set [reconstruction] cached_context = false to run TensorRT on the full "
+                "window, or use backend = \"onnxruntime\"")
         try:
             import tensorrt as trt
         except ImportError as exc:
@@ -500,7 +492,7 @@ class TensorRTBackend(_Base):
         return float(loss.reshape(())), grad.astype(np.float32).reshape(w, *FRAME_SHAPE)
 
 
-def open_backend(model: EncoderModel, member: int = 0, settings: BackendSettings | None = None) -> EncoderBackend:
+def open_backend(model: EncoderModel, member: int = 0, settings: BackendSettings | None = None) -> Encoder:
     """Construct the backend ``settings.kind`` for ensemble member ``member``.
 
     Raises
@@ -510,12 +502,12 @@ def open_backend(model: EncoderModel, member: int = 0, settings: BackendSettings
     """
     settings = settings or BackendSettings()
     classes: dict[str, Any] = {"onnxruntime": OnnxRuntimeBackend, "torch": TorchBackend, "tensorrt": TensorRTBackend}
-    backend: EncoderBackend = classes[settings.kind](model, member, settings)
+    backend: Encoder = classes[settings.kind](model, member, settings)
     return backend
 
 
 def open_ensemble(model: EncoderModel, settings: BackendSettings | None = None,
-                  max_members: int = 0) -> list[EncoderBackend]:
+                  max_members: int = 0) -> list[Encoder]:
     """One backend per ensemble member (the first ``max_members`` if > 0)."""
     k = model.n_members if max_members <= 0 else min(max_members, model.n_members)
     return [open_backend(model, i, settings) for i in range(k)]

@@ -6,11 +6,13 @@ Public API::
                                   reconstruct_single, reconstruct_ensemble, LiveReconstructor)
     from rt_decoder.recon.metrics import video_correlation, quality_report
 
-Runs on any object with the ``GradientEncoder`` protocol (window_frames, n_neurons,
-loss_and_grad); never imports torch or zmq.
+Runs on any object with the ``Encoder`` protocol (``rt_decoder.encoder_protocol``:
+window_frames, n_neurons, forward, loss_and_grad); the live stage's cached-context path on a
+``LiveEncoder``. Never imports torch or zmq.
 """
 
-from rt_decoder.recon.live import LiveReconstructor, LiveSettings
+from rt_decoder.encoder_protocol import Encoder, LiveEncoder
+from rt_decoder.recon.live import LIVE_OPTIM, LiveReconstructor, LiveSettings
 from rt_decoder.recon.offline import (
     OfflineSettings,
     blur_video,
@@ -19,10 +21,12 @@ from rt_decoder.recon.offline import (
     reconstruct_single,
     window_starts,
 )
-from rt_decoder.recon.optim import GradientEncoder, OptimSettings
+from rt_decoder.recon.optim import OptimSettings
 
 __all__ = [
-    "GradientEncoder",
+    "Encoder",
+    "LIVE_OPTIM",
+    "LiveEncoder",
     "LiveReconstructor",
     "LiveSettings",
     "OfflineSettings",

@@ -20,37 +20,36 @@ Adam-style first-moment step with per-frame warm-up; clamp. With an ensemble, ev
 active member keeps its own video and the emitted frame is the members' mean, blurred
 spatially with sigma ``blur_sigma_px``.
 
+Encoders are anything with the ``Encoder`` protocol (``rt_decoder.encoder_protocol``); the
+cached-context path (``cached_context=True``, what ``serve`` runs) needs ``LiveEncoder``s,
+checked at construction.
+
 This module never imports torch or zmq; time comes from an injectable clock.
 """
 
 from __future__ import annotations
 
-import inspect
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from rt_decoder.encoder_protocol import Encoder, LiveEncoder
 from rt_decoder.errors import ConfigError, ShapeMismatchError, StageError
 from rt_decoder.messages import ActivityFrame, DecodedFrame
 from rt_decoder.recon.amortised import AmortisedDecoder
-from rt_decoder.recon.optim import (
-    GradientEncoder,
-    OptimSettings,
-    apply_step,
-    normalise,
-    precondition,
-    settings_with_optim,
-)
+from rt_decoder.recon.optim import OptimSettings, apply_step, normalise, precondition
+from rt_decoder.settings import build, option, section, validate
 
 WARM_STARTS = ("previous", "grey")
 
-#: The live step rule's defaults (the service's ``[reconstruction]`` defaults are the same),
-#: chosen on validation trials (``python -m benchmarks.quality --sweep``).
-LIVE_OPTIM_DEFAULTS: dict[str, Any] = {"learning_rate_px": 300.0, "smooth_sigma_px": 2.0, "smooth_sigma_frames": 1.0}
+#: The live step rule (``LiveSettings().optim``, what ``serve`` runs): the published rule
+#: with a 300-px step and gradient smoothing, chosen on validation trials
+#: (``python -m benchmarks.quality --sweep``).
+LIVE_OPTIM = OptimSettings(learning_rate_px=300.0, smooth_sigma_px=2.0, smooth_sigma_frames=1.0)
 
 
 @dataclass(frozen=True)
@@ -78,54 +77,55 @@ class LiveSettings:
         until it is emitted; False, or a model without one: warm start only
     target_ramp_frames : loss weight of a frame's responses ramps up linearly over its first
         frames in the window (age a -> min(1, (a + 1) / ramp)), since the deconvolution
-        still revises the newest estimates; 0 = every frame weighs 1 (needs an encoder whose
-        ``loss_and_grad`` takes ``frame_weights``)
-    optim : the step rule
+        still revises the newest estimates; 0 = every frame weighs 1
+    optim : the step rule (default ``LIVE_OPTIM``)
+
+    Bounds and meanings are in the fields' metadata (``rt_decoder.settings.option``); the
+    service's ``[reconstruction.live]`` table is this class.
     """
 
-    lag_frames: int = 15
-    fixed_steps: int = 0
-    budget_ms: float = 20.0
-    steps_per_member: int = 3
-    max_members: int = 0
-    warm_start: str = "previous"
-    warm_start_decay: float = 0.9
-    blur_sigma_px: float = 1.0
-    blur_sigma_frames: float = 1.0
-    target_ramp_frames: int = 0
-    amortised_start: bool = True
-    optim: OptimSettings = field(default_factory=lambda: OptimSettings(**LIVE_OPTIM_DEFAULTS))
+    lag_frames: int = option(15, "decoding lag: frame t - lag_frames is emitted when frame t arrives "
+                             "(the live graph covers lag_frames + 1 frames)", 0, 120)
+    fixed_steps: int = option(0, "gradient steps per frame per member (reproducible runs); 0 = use budget_ms",
+                              0, 10_000)
+    budget_ms: float = option(20.0, "per-frame time budget for gradient steps (all members together); "
+                              "used when fixed_steps = 0", 1e-3, 10_000.0)
+    steps_per_member: int = option(3, "gradient steps per frame per member (fewer if the budget runs out); "
+                                   "the ensemble is sized so this many fit budget_ms", 1, 1000)
+    max_members: int = option(0, "ensemble members to use at most; 0 = as many as the budget allows", 0, 64)
+    warm_start: str = option("previous", "new frame starts from: previous (last solution) | grey",
+                             choices=WARM_STARTS)
+    warm_start_decay: float = option(0.9, "with previous: start at grey + decay * (previous - grey), so errors "
+                                     "cannot accumulate over a long session (1 = plain copy)", 0.0, 1.0)
+    blur_sigma_px: float = option(1.0, "spatial Gaussian blur of each emitted frame (0 = off)", 0.0, 10.0)
+    blur_sigma_frames: float = option(1.0, "temporal Gaussian blur of each emitted frame with its neighbours "
+                                      "(0 = off)", 0.0, 10.0)
+    target_ramp_frames: int = option(8, "the newest frames' responses weigh less in the loss, ramping to 1 over "
+                                     "this many frames (the deconvolution still revises them); 0 = off", 0, 120)
+    amortised_start: bool = option(True, "each frame restarts from the model's amortised decoder (a direct "
+                                   "linear decoder of the responses) once its responses are in; gradient steps "
+                                   "refine it (ignored for a model without one)")
+    optim: OptimSettings = section(OptimSettings, "the live step rule (optimiser)", default=LIVE_OPTIM)
 
     def __post_init__(self) -> None:
-        if not (0 <= self.target_ramp_frames <= 1024):
-            raise ConfigError(f"target_ramp_frames must be in [0, 1024], got {self.target_ramp_frames}")
-        if not (0 <= self.lag_frames <= 1024):
-            raise ConfigError(f"lag_frames must be in [0, 1024], got {self.lag_frames}")
-        if not (0 <= self.fixed_steps <= 10_000):
-            raise ConfigError(f"fixed_steps must be in [0, 10000], got {self.fixed_steps}")
-        if self.fixed_steps == 0 and not (0.0 < self.budget_ms <= 10_000.0):
-            raise ConfigError(f"budget_ms must be in (0, 10000] when fixed_steps is 0, got {self.budget_ms}")
-        if not (1 <= self.steps_per_member <= 10_000):
-            raise ConfigError(f"steps_per_member must be in [1, 10000], got {self.steps_per_member}")
-        if self.max_members < 0:
-            raise ConfigError("max_members must be >= 0")
-        if not (0.0 <= self.warm_start_decay <= 1.0):
-            raise ConfigError(f"warm_start_decay must be in [0, 1], got {self.warm_start_decay}")
-        if self.warm_start not in WARM_STARTS:
-            raise ConfigError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
-        if self.blur_sigma_frames < 0:
-            raise ConfigError("blur_sigma_frames must be >= 0")
-        if self.blur_sigma_px < 0:
-            raise ConfigError("blur_sigma_px must be >= 0")
+        validate(self)
+
+    @property
+    def live_frames(self) -> int:
+        """Frames the cached-context live graph covers: the ``lag_frames + 1`` still optimised."""
+        return self.lag_frames + 1
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LiveSettings:
-        return cls(**settings_with_optim(cls, data))
+    def from_dict(cls, data: Mapping[str, Any]) -> LiveSettings:
+        """Build from a mapping (an "optim" table holds ``OptimSettings`` keys); unknown keys
+        raise ConfigError naming them; unset keys keep the live defaults."""
+        return build(cls, data, path=cls.__name__)
 
 
 @dataclass
 class _Member:
-    encoder: GradientEncoder
+    encoder: Encoder
+    live: LiveEncoder | None  # the same encoder on the cached-context path, else None
     video: np.ndarray      # (W, H, Wd)
     moment: np.ndarray     # (W, H, Wd)
     iters: np.ndarray      # (W,) int64
@@ -133,47 +133,56 @@ class _Member:
     feat_ok: np.ndarray | None = None    # (W,) bool
 
 
-def _accepts_frame_weights(encoder: object) -> bool:
-    try:
-        return "frame_weights" in inspect.signature(encoder.loss_and_grad).parameters  # type: ignore[attr-defined]
-    except (TypeError, ValueError):
-        return False
-
-
 class LiveReconstructor:
     """Sliding-window warm-started reconstruction, one call per activity frame.
 
     Parameters
     ----------
-    encoders : sequence of GradientEncoder
-        Ensemble members (all with the same window and neuron count).
+    encoders : sequence of Encoder
+        Ensemble members (all with the same window and neuron count). With
+        ``cached_context`` each must be a ``LiveEncoder`` opened with a live graph of
+        ``settings.live_frames`` frames (``ReconstructionSettings.live_frames`` opens it so).
     grad_mask : ndarray of bool, shape (H, W)
         Pixels that receive gradient (alpha >= 0.5).
     settings : LiveSettings
+    cached_context : bool
+        Optimise the ``lag_frames + 1`` newest frames through the encoders' live graph, with
+        the frozen frames before them entering as cached core features (exact for causal
+        encoders); False: the encoders' full window every step.
     neuron_weights : ndarray (N,) or None
         0 for neurons to ignore (e.g. dropped ROIs).
     clock_ns : callable returning monotonic ns (injectable for tests)
     amortised : AmortisedDecoder or None
         Starting points for the frames (used when ``settings.amortised_start``).
+
+    Raises
+    ------
+    ConfigError
+        ``cached_context`` with an encoder that is not a ``LiveEncoder`` (named).
     """
 
-    def __init__(self, encoders: Sequence[GradientEncoder], grad_mask: np.ndarray,
-                 settings: LiveSettings = LiveSettings(), *, neuron_weights: np.ndarray | None = None,
+    def __init__(self, encoders: Sequence[Encoder], grad_mask: np.ndarray,
+                 settings: LiveSettings = LiveSettings(), *, cached_context: bool = False,
+                 neuron_weights: np.ndarray | None = None,
                  clock_ns: Callable[[], int] = time.perf_counter_ns,
                  amortised: AmortisedDecoder | None = None) -> None:
         if not encoders:
             raise ConfigError("the live stage needs at least one encoder")
         self.n_neurons = int(encoders[0].n_neurons)
-        # Cached-context path: the encoder computes the loss of the lag_frames + 1 frames
-        # still optimised, given the cached core features of the frames before them.
-        self.cached_context = all(int(getattr(e, "live_frames", 0) or 0) > 0 for e in encoders)
-        if self.cached_context:
-            live = int(getattr(encoders[0], "live_frames"))
-            self._context = int(getattr(encoders[0], "context_frames"))
-            if settings.lag_frames != live - 1:
-                raise ConfigError(f"the encoders were opened with live_frames={live}: lag_frames must be {live - 1}, "
-                                  f"got {settings.lag_frames}")
-            self.window = live + self._context
+        self.cached_context = cached_context
+        self._live: list[LiveEncoder | None] = [None] * len(encoders)
+        if cached_context:
+            for i, e in enumerate(encoders):
+                if not isinstance(e, LiveEncoder):
+                    raise ConfigError(
+                        f"cached_context needs encoders with the live graph (LiveEncoder: live_frames, "
+                        f"context_frames, features, loss_and_grad_live); member {i} ({type(e).__name__}) has "
+                        "none: open the model with live_frames or set cached_context = false")
+                self._live[i] = e
+            first = self._live[0]
+            assert first is not None
+            self._context = int(first.context_frames)
+            self.window = settings.live_frames + self._context
         else:
             self._context = 0
             self.window = int(encoders[0].window_frames)
@@ -184,9 +193,6 @@ class LiveReconstructor:
                 raise ConfigError("all ensemble members must share window_frames")
         if settings.lag_frames >= self.window:
             raise ConfigError(f"lag_frames={settings.lag_frames} must be below the encoder window {self.window}")
-        self._frame_weights = all(_accepts_frame_weights(e) for e in encoders)
-        if settings.target_ramp_frames and not self._frame_weights:
-            raise ConfigError("target_ramp_frames needs encoders whose loss_and_grad takes frame_weights")
         age = np.arange(self.window)[::-1]                   # 0 = newest slot
         ramp = settings.target_ramp_frames
         self._ramp = (np.minimum(1.0, (age + 1) / ramp) if ramp else np.ones(self.window)).astype(np.float32)
@@ -231,13 +237,13 @@ class LiveReconstructor:
         W, (H, Wd) = self.window, self.frame_shape
         init = self.settings.optim.init_value_px
         self._members = [
-            _Member(e, np.full((W, H, Wd), init, np.float32), np.zeros((W, H, Wd), np.float32),
+            _Member(e, live, np.full((W, H, Wd), init, np.float32), np.zeros((W, H, Wd), np.float32),
                     np.zeros(W, np.int64))
-            for e in self._encoders
+            for e, live in zip(self._encoders, self._live)
         ]
-        if self.cached_context:
-            for m in self._members:
-                grey = np.asarray(m.encoder.features(m.video[:1]), np.float32)  # type: ignore[attr-defined]
+        for m in self._members:
+            if m.live is not None:
+                grey = np.asarray(m.live.features(m.video[:1]), np.float32)
                 m.features = np.repeat(grey, W, axis=0)
                 m.feat_ok = np.zeros(W, bool)
         self._targets = np.zeros((W, self.n_neurons), np.float32)
@@ -387,22 +393,19 @@ class LiveReconstructor:
 
     def _member_grad(self, m: _Member) -> np.ndarray:
         valid = (self._frame_index >= 0).astype(np.float32) * self._ramp
-        if not self.cached_context:
-            if self._frame_weights:
-                _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights,  # type: ignore[call-arg]
-                                               frame_weights=valid)
-            else:
-                _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights)
+        if m.live is None:
+            _, g = m.encoder.loss_and_grad(m.video, self._behaviour, self._targets, self._weights,
+                                           frame_weights=valid)
             return np.asarray(g, np.float32).copy()
         assert m.features is not None and m.feat_ok is not None
-        n = self.settings.lag_frames + 1
+        n = self.settings.live_frames
         W = self.window
         ctx = slice(W - n - self._context, W - n)
         for slot in range(ctx.start, ctx.stop):      # frozen frames: features computed once
             if not m.feat_ok[slot]:
-                m.features[slot] = m.encoder.features(m.video[slot:slot + 1])[0]  # type: ignore[attr-defined]
+                m.features[slot] = m.live.features(m.video[slot:slot + 1])[0]
                 m.feat_ok[slot] = True
-        _, g_live = m.encoder.loss_and_grad_live(  # type: ignore[attr-defined]
+        _, g_live = m.live.loss_and_grad_live(
             m.video[-n:], m.features[ctx], self._behaviour[-n:], self._targets[-n:], self._weights,
             frame_weights=valid[-n:])
         g = np.zeros_like(m.video)

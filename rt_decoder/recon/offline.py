@@ -9,7 +9,7 @@ separately, the videos are averaged, then blurred with a Gaussian (sigma 0.5 in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,14 +17,9 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from rt_decoder.errors import ConfigError, StageError
-from rt_decoder.recon.optim import (
-    GradientEncoder,
-    OptimSettings,
-    apply_step,
-    normalise,
-    precondition,
-    settings_with_optim,
-)
+from rt_decoder.encoder_protocol import Encoder
+from rt_decoder.recon.optim import OptimSettings, apply_step, normalise, precondition
+from rt_decoder.settings import build
 
 
 @dataclass(frozen=True)
@@ -59,8 +54,10 @@ class OfflineSettings:
             raise ConfigError("blur sigmas must be >= 0")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OfflineSettings:
-        return cls(**settings_with_optim(cls, data))
+    def from_dict(cls, data: Mapping[str, Any]) -> OfflineSettings:
+        """Build from a mapping (an "optim" table holds ``OptimSettings`` keys); unknown keys
+        raise ConfigError naming them."""
+        return build(cls, data, path=cls.__name__)
 
 
 #: The offline step rule's defaults beyond the published ones (chosen on validation trials).
@@ -95,7 +92,7 @@ def coverage(n_frames: int, window: int, stride: int) -> np.ndarray:
     return c
 
 
-def trial_gradient(encoder: GradientEncoder, video: np.ndarray, behaviour: np.ndarray, responses: np.ndarray,
+def trial_gradient(encoder: Encoder, video: np.ndarray, behaviour: np.ndarray, responses: np.ndarray,
                    neuron_weights: np.ndarray, window: int, stride: int) -> tuple[float, np.ndarray]:
     """Mean over covering windows of each window's L2-normalised gradient; also the summed loss."""
     T = video.shape[0]
@@ -110,7 +107,7 @@ def trial_gradient(encoder: GradientEncoder, video: np.ndarray, behaviour: np.nd
     return loss, grad
 
 
-def _validate_inputs(encoder: GradientEncoder, responses: np.ndarray, behaviour: np.ndarray,
+def _validate_inputs(encoder: Encoder, responses: np.ndarray, behaviour: np.ndarray,
                      grad_mask: np.ndarray, neuron_weights: np.ndarray | None,
                      frame_shape: tuple[int, int]) -> np.ndarray:
     T, N = responses.shape
@@ -126,7 +123,7 @@ def _validate_inputs(encoder: GradientEncoder, responses: np.ndarray, behaviour:
     return w
 
 
-def reconstruct_single(encoder: GradientEncoder, responses: np.ndarray, behaviour: np.ndarray,
+def reconstruct_single(encoder: Encoder, responses: np.ndarray, behaviour: np.ndarray,
                        grad_mask: np.ndarray, settings: OfflineSettings = OfflineSettings(), *,
                        neuron_weights: np.ndarray | None = None, frame_shape: tuple[int, int] = (36, 64),
                        callback: Callable[[int, float, np.ndarray], None] | None = None,
@@ -135,7 +132,7 @@ def reconstruct_single(encoder: GradientEncoder, responses: np.ndarray, behaviou
 
     Parameters
     ----------
-    encoder : GradientEncoder
+    encoder : Encoder
     responses : ndarray, shape (T, N)
         Recorded single-trial activity (deconvolved, non-negative).
     behaviour : ndarray, shape (T, 4)
@@ -190,7 +187,7 @@ def blur_video(video: np.ndarray, sigma_frames: float, sigma_px: float) -> np.nd
                            mode="nearest").astype(np.float32)
 
 
-def reconstruct_ensemble(encoders: Sequence[GradientEncoder], responses: np.ndarray, behaviour: np.ndarray,
+def reconstruct_ensemble(encoders: Sequence[Encoder], responses: np.ndarray, behaviour: np.ndarray,
                          grad_mask: np.ndarray, settings: OfflineSettings = OfflineSettings(), *,
                          neuron_weights: np.ndarray | None = None, frame_shape: tuple[int, int] = (36, 64),
                          callback: Callable[[int, int, float, np.ndarray], None] | None = None,

@@ -9,51 +9,13 @@ window late gets the same warm-up and bias correction as one optimised offline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from rt_decoder.errors import ConfigError
-
-
-class GradientEncoder(Protocol):
-    """What reconstruction needs from an encoder backend (see rt_decoder.encoder)."""
-
-    @property
-    def window_frames(self) -> int: ...
-
-    @property
-    def n_neurons(self) -> int: ...
-
-    def loss_and_grad(self, video: np.ndarray, behaviour: np.ndarray, targets: np.ndarray,
-                      neuron_weights: np.ndarray) -> tuple[float, np.ndarray]:
-        """Poisson loss of the window and its gradient w.r.t. ``video``.
-
-        video (W, H, Wd) float32 pixels 0..255; behaviour (W, 4); targets (W, N);
-        neuron_weights (N,). Returns (loss, grad of shape (W, H, Wd)).
-        """
-        ...
-
-
-def check_fields(cls: type, data: dict[str, Any]) -> None:
-    """Raise ConfigError naming unknown keys of a settings mapping."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
-
-
-def settings_with_optim(cls: type, data: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for ``cls`` from a mapping whose optional "optim" table holds
-    ``OptimSettings`` fields; unknown keys at either level raise ConfigError."""
-    check_fields(cls, data)
-    d = dict(data)
-    if isinstance(d.get("optim"), dict):
-        check_fields(OptimSettings, d["optim"])
-        d["optim"] = OptimSettings(**d["optim"])
-    return d
+from rt_decoder.settings import option, validate
 
 
 @dataclass(frozen=True)
@@ -77,32 +39,22 @@ class OptimSettings:
         steps never shrink on their own). d = 0: off (published)
     """
 
-    learning_rate_px: float = 1000.0
-    momentum: float = 0.9
-    warmup_iterations: int = 10
-    init_value_px: float = 127.5
-    pixel_min_px: float = 0.0
-    pixel_max_px: float = 255.0
-    smooth_sigma_px: float = 0.0
-    smooth_sigma_frames: float = 0.0
-    decay_iterations: int = 0
-    decay_power: float = 1.0
+    learning_rate_px: float = option(1000.0, "optimiser step size in pixel units per unit-norm gradient",
+                                     1e-9, 1e6)
+    momentum: float = option(0.9, "first-moment decay of the optimiser", 0.0, 0.999)
+    warmup_iterations: int = option(10, "per-frame learning-rate warm-up (iterations)", 0, 10_000)
+    init_value_px: float = option(127.5, "initial pixel value (grey)", 0.0, 255.0)
+    pixel_min_px: float = option(0.0, "pixels are clamped to at least this after every step", 0.0, 255.0)
+    pixel_max_px: float = option(255.0, "pixels are clamped to at most this after every step", 0.0, 255.0)
+    smooth_sigma_px: float = option(0.0, "gradient smoothing (preconditioner): Gaussian sigma in pixels applied "
+                                    "to every step's gradient (0 = off)", 0.0, 16.0)
+    smooth_sigma_frames: float = option(0.0, "gradient smoothing: Gaussian sigma in frames (0 = off)", 0.0, 16.0)
+    decay_iterations: int = option(0, "step-size decay (d / (d + t)) ** decay_power over a frame's iterations t "
+                                   "(0 = off)", 0, 1_000_000)
+    decay_power: float = option(1.0, "power of the step-size decay", 0.5, 4.0)
 
     def __post_init__(self) -> None:
-        if not (0.5 <= self.decay_power <= 4.0):
-            raise ConfigError(f"decay_power must be in [0.5, 4], got {self.decay_power}")
-        if not (0 <= self.decay_iterations <= 1_000_000):
-            raise ConfigError(f"decay_iterations must be in [0, 1e6], got {self.decay_iterations}")
-        if not (0.0 <= self.smooth_sigma_px <= 16.0):
-            raise ConfigError(f"smooth_sigma_px must be in [0, 16], got {self.smooth_sigma_px}")
-        if not (0.0 <= self.smooth_sigma_frames <= 16.0):
-            raise ConfigError(f"smooth_sigma_frames must be in [0, 16], got {self.smooth_sigma_frames}")
-        if not (0.0 < self.learning_rate_px <= 1e6):
-            raise ConfigError(f"learning_rate_px must be in (0, 1e6], got {self.learning_rate_px}")
-        if not (0.0 <= self.momentum < 1.0):
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not (0 <= self.warmup_iterations <= 10_000):
-            raise ConfigError(f"warmup_iterations must be in [0, 10000], got {self.warmup_iterations}")
+        validate(self)
         if not (self.pixel_min_px < self.pixel_max_px):
             raise ConfigError("pixel_min_px must be below pixel_max_px")
         if not (self.pixel_min_px <= self.init_value_px <= self.pixel_max_px):

@@ -72,7 +72,7 @@ def _child_main(conn: Any, factory: Callable[[], Any], nice: int) -> None:  # pr
     try:
         rec = factory()
     except Exception as exc:  # noqa: BLE001 -- reported to the parent, which raises it
-        conn.send_bytes(_pack({"error": "fatal", "message": f"{type(exc).__name__}: {exc}"}))
+        conn.send_bytes(_pack({"error": "start", "type": type(exc).__name__, "message": str(exc)}))
         return
     model_deconv = getattr(rec, "model_deconv", None)
     conn.send_bytes(_pack({"ok": True, "model_deconv": model_deconv if isinstance(model_deconv, dict) else None,
@@ -167,7 +167,13 @@ class ReconstructionProcess:
         first = self._wait(_START_TIMEOUT_S, "start")
         if first.get("error"):
             self.close()
-            raise StageError(f"the reconstruction process could not start: {first.get('message')}")
+            from rt_decoder import errors
+
+            cls = getattr(errors, str(first.get("type")), None)
+            if isinstance(cls, type) and issubclass(cls, errors.RtDecoderError):
+                raise cls(str(first.get("message")))  # e.g. ConfigError: no model directory
+            raise StageError(f"the reconstruction process could not start: {first.get('type')}: "
+                             f"{first.get('message')}")
         self.model_deconv: dict[str, Any] = dict(first.get("model_deconv") or {})
         self.kind = str(first.get("type", ""))
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,20 +19,29 @@ from rt_decoder.errors import ConfigError, ModelError
 from rt_decoder.recon.metrics import quality_report
 from rt_decoder.recon.offline import OfflineSettings, blur_video, reconstruct_single
 
+if TYPE_CHECKING:
+    from rt_decoder.encoder.manifest import EncoderModel
+    from rt_decoder.encoder_protocol import Encoder
+    from rt_decoder.recon.amortised import AmortisedDecoder
+
 
 @dataclass
 class OpenedModel:
     """A loaded encoder model and one backend per ensemble member."""
 
-    model: Any                  # rt_decoder.encoder.manifest.EncoderModel
-    encoders: list[Any]         # GradientEncoder backends
+    model: EncoderModel
+    encoders: list[Encoder]     # one backend per member
     train_mask: np.ndarray      # (H, W) bool, alpha >= 0.5
     eval_mask: np.ndarray       # (H, W) bool, alpha >= 1
 
 
 def open_model(model_dir: str | Path, *, backend: str = "onnxruntime", threads: int = 2,
                window_frames: int = 0, max_members: int = 0, live_frames: int = 0) -> OpenedModel:
-    """Load ``model_dir`` and open ``max_members`` (0 = all) backends of kind ``backend``."""
+    """Load ``model_dir`` and open ``max_members`` (0 = all) backends of kind ``backend``.
+
+    ``live_frames`` > 0 also opens the live graph of that many frames (the cached-context
+    path; ``ReconstructionSettings.live_frames`` / ``LiveSettings.live_frames``).
+    """
     from rt_decoder.encoder.backends import BackendSettings, open_ensemble
     from rt_decoder.encoder.manifest import load_model
 
@@ -44,7 +53,7 @@ def open_model(model_dir: str | Path, *, backend: str = "onnxruntime", threads: 
                        np.asarray(model.masks.eval_mask, bool))
 
 
-def load_amortised(model: Any) -> Any:
+def load_amortised(model: EncoderModel) -> AmortisedDecoder | None:
     """The model's amortised decoder (``rt_decoder.recon.amortised``), or None if it has none.
 
     Raises ModelError when the manifest names a file that is missing or does not match its hash.
@@ -66,7 +75,7 @@ def load_amortised(model: Any) -> Any:
     return dec
 
 
-def training_trials_among(model: Any, dataset_meta: Any, trial_ids: Sequence[int]) -> list[int]:
+def training_trials_among(model: EncoderModel, dataset_meta: Any, trial_ids: Sequence[int]) -> list[int]:
     """The ``trial_ids`` that were in the model's training or validation data.
 
     A model records the trial ids it was fitted and validated on (manifest
@@ -87,7 +96,7 @@ def training_trials_among(model: Any, dataset_meta: Any, trial_ids: Sequence[int
     return sorted(int(i) for i in trial_ids if int(i) in used)
 
 
-def check_neurons(model: Any, unit_ids: np.ndarray) -> None:
+def check_neurons(model: EncoderModel, unit_ids: np.ndarray) -> None:
     """The dataset's neurons must be the model's, in the same order."""
     ids = np.asarray(unit_ids).astype(np.int64)
     if ids.shape != model.neuron_ids.shape or not np.array_equal(ids, model.neuron_ids):
@@ -114,7 +123,7 @@ class TrialResult:
 
 def reconstruct_trial(opened: OpenedModel, trial: Any, settings: OfflineSettings, *,
                       neuron_weights: np.ndarray | None = None,
-                      progress: Callable[[int], None] | None = None, amortised: Any = None,
+                      progress: Callable[[int], None] | None = None, amortised: AmortisedDecoder | None = None,
                       init_video: np.ndarray | None = None) -> TrialResult:
     """Reconstruct one SensoriumTrial with every opened member; score against its video.
 
