@@ -189,19 +189,22 @@ def test_state_table_is_the_service_lifecycle() -> None:
 
 
 def test_the_numbers_in_the_session_and_frame_index_rules_are_the_code_constants() -> None:
+    from streaming.config import PipelineSettings, ServiceConfig
+
+    takeover = PipelineSettings().session_takeover_after_s
+    bound = PipelineSettings().confirm_jump_frames
     params = inspect.signature(pipeline.SessionStage.__init__).parameters
-    takeover = params["takeover_after_s"].default
-    bound = params["confirm_jump_frames"].default
+    assert params["takeover_after_s"].default == takeover and params["confirm_jump_frames"].default == bound
     s3, s4 = flat(section("13.3")), flat(section("13.4"))
-    assert f"**{takeover:g} s**" in s3 and f"within {takeover:g} s" in s3
+    assert f"`[pipeline] session_takeover_after_s` (default **{takeover:g} s**)" in s3
+    assert f"within {takeover:g} s" in s3
+    assert f"`[pipeline] confirm_jump_frames` = {bound} (the default" in s4
     assert f"at most {pipeline.MAX_CONTROL_SEQ_GAP} ahead" in s3
     assert pipeline.MAX_SEQ_GAP == 2**32 and "more than 2^32" in s3
     assert f"`last + 2` up to `last + {bound + 1}`" in s4
     assert f"`last - {bound - 1}` up to `last`" in s4
     assert f"at most {bound}), the source renumbered" in s4
     assert f"at most {bound - 1} below it" in flat(section("13.2"))
-    from streaming.config import PipelineSettings, ServiceConfig
-
     assert f"(default {PipelineSettings().max_gap_frames:,})" in s4
     cfg = ServiceConfig()
     rows = {r[0]: r[1] for r in table("socket")}
