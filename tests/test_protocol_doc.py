@@ -144,6 +144,11 @@ def test_service_reasons_table_is_what_the_service_counts() -> None:
     assert len(doc) == len(set(doc))
     assert set(doc) == code, f"only in the doc: {set(doc) - code}; only in the code: {code - set(doc)}"
     assert not code & set(P.REASONS), "a service reason shadows a protocol reason"
+    # the generic subscriber's own reasons (section 3) are spelt as the service's
+    from streaming.transport import SUBSCRIBER_REASONS
+
+    assert set(SUBSCRIBER_REASONS) <= code
+    assert all(f"`{r}`" in section("3. Message kinds") for r in SUBSCRIBER_REASONS)
     # the reasons the issue named are all there
     assert {"n_rois_mismatch", "nonfinite", "stale_frame_index", "frame_index_outlier", "seq_regress"} <= code
 
@@ -214,6 +219,7 @@ def test_the_numbers_in_the_session_and_frame_index_rules_are_the_code_constants
     assert f"2 x [input] max_message_bytes + {P.MAX_HEADER_BYTES:,}" in flat(section("13.2"))
 
 
+@pytest.mark.slow
 def test_the_doc_sender_waits_for_ready_and_every_frame_comes_out(tmp_path: Path) -> None:
     """The doc's example, as a separate process, against a real serve that is still compiling
     when the example starts (so the wait for READY is exercised)."""
@@ -286,6 +292,7 @@ def test_the_doc_sender_waits_for_ready_and_every_frame_comes_out(tmp_path: Path
     assert m["real_time"] is True and m["real_time_reason"] == ""
 
 
+@pytest.mark.slow
 def test_without_waiting_for_ready_frames_are_lost_uncounted(tmp_path: Path) -> None:
     """Why 13.1 is a MUST: frames a PUB sends before serve's subscription never reach it,
     and nothing counts them."""
