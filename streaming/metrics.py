@@ -57,7 +57,6 @@ COUNTER_NAMES: tuple[str, ...] = (
     "frames_received",       # valid frame/activity messages
     "frames_processed",      # frames through deconvolution (or its bypass)
     "frames_published",      # frames sent on the output
-    "frames_no_output",      # frames the deconvolution held back (initial batch)
     "frames_before_info",    # frames before any session_start of their session (late join)
     "messages_lost",         # sequence-number gaps (any message kind)
     "gap_events",            # number of separate sequence gaps
