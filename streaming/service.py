@@ -30,6 +30,7 @@ optional CURVE (the input socket is the CURVE server), per-message size limit, o
 from __future__ import annotations
 
 import enum
+import gc
 import signal
 import sys
 import threading
@@ -320,6 +321,11 @@ class DecoderService:
                 flush_every_s=cfg.recording.flush_every_s, record_decoded=cfg.recording.record_decoded).start()
         frame, recon, out = self.build_stages()
         self._warmup(frame, recon)
+        # everything allocated so far (modules, models, warm-up) lives as long as the service:
+        # moved out of the garbage collector's reach, a full collection stays short instead of
+        # walking it all and stalling the frame path for milliseconds
+        gc.collect()
+        gc.freeze()
         if self.source is None:
             self.source = open_input(cfg.input, self.metrics, context=self.context)
         self.runner = Runner(self.source, frame, recon, out, self.metrics,
@@ -418,6 +424,8 @@ class DecoderService:
         if self.config.status.summary_json:
             self._sync_counters()
             summary = self.metrics.summary()
+            summary["real_time"] = self.real_time and not self.metrics.counters["not_real_time_events"]
+            summary["real_time_reason"] = self.real_time_reason or self.metrics.notes.get("real_time_reason", "")
             if self.recon_stage is not None:
                 summary["reconstruction"] = self.recon_stage.stats()
             write_summary(self.config.status.summary_json, summary)

@@ -57,12 +57,13 @@ class EchoReconstructor:
 
 
 def test_the_child_answers_like_the_reconstructor_in_process() -> None:
-    proc = ReconstructionProcess(EchoReconstructor, nice=5)
+    proc = ReconstructionProcess(EchoReconstructor, nice=5, idle=True)
     ref = EchoReconstructor()
     try:
         assert proc.model_deconv == {"model": "ar1"} and proc.kind == "EchoReconstructor"
         # the child runs at a lower CPU priority than this process
         assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(os.getpriority(os.PRIO_PROCESS, 0) + 5, 19)
+        assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE  # only CPU time nothing else wants
         info = SessionInfo("s", np.arange(7), 30.0)
         proc.reset(info)
         ref.reset(info)

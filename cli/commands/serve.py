@@ -84,9 +84,15 @@ def build_stage(config: ServiceConfig) -> LiveStage | ReconstructionProcess | No
     from rt_decoder.recon.stage import LiveStage
 
     if rs.process:
+        import dataclasses
         import functools
+        import os
 
         from rt_decoder.recon.process import ReconstructionProcess
 
-        return ReconstructionProcess(functools.partial(LiveStage, rs), nice=rs.process_nice)
+        # one core stays with the frame path: on a 2-core machine the encoder gets one thread
+        # (two threads there made the frame path wait, and the reconstruction no faster)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        rs = dataclasses.replace(rs, threads=max(1, min(rs.threads, cores - 1)))
+        return ReconstructionProcess(functools.partial(LiveStage, rs), nice=rs.process_nice, idle=rs.process_idle)
     return LiveStage(rs)

@@ -2,8 +2,9 @@
 
 ``ReconstructionProcess`` is a ``rt_decoder.pipeline.Reconstructor`` that forwards every
 call to a reconstructor built and run in a child process (``multiprocessing`` "spawn"),
-started at a lower CPU priority (``nice``) so that on a busy machine the scheduler serves
-the service's frame path (intake, deconvolution, recording, output) first and the
+started at a lower CPU priority (``nice``, and optionally ``SCHED_IDLE``) so that on a busy
+machine the scheduler serves the service's frame path (intake, deconvolution, recording,
+output) first and the
 reconstruction takes what is left: it sheds load by fitting fewer gradient steps into its
 budget and by skipping to the newest frame, both counted.
 
@@ -62,11 +63,17 @@ def _decoded(d: dict[str, Any]) -> DecodedFrame:
 # ------------------------------------------------------------------------------ the child
 
 
-def _child_main(conn: Any, factory: Callable[[], Any], nice: int) -> None:  # pragma: no cover -- in the child
+def _child_main(conn: Any, factory: Callable[[], Any], nice: int,
+                idle: bool = False) -> None:  # pragma: no cover -- in the child
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if nice:
         try:
             os.nice(int(nice))
+        except OSError:
+            pass
+    if idle and hasattr(os, "SCHED_IDLE"):
+        try:  # runs only on CPU time nothing else wants; its threads (ONNX Runtime's) inherit it
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         except OSError:
             pass
     try:
@@ -141,6 +148,10 @@ class ReconstructionProcess:
         with picklable settings), e.g. ``functools.partial(LiveStage, settings)``.
     nice : int
         Added to the child's CPU niceness (0 = same priority as the service).
+    idle : bool
+        Run the child under ``SCHED_IDLE`` (Linux): it gets only CPU time that no other
+        process wants, so the service's frame path preempts it at once (it then also yields
+        to other programs on the machine).
     name : str
         The child process's name.
 
@@ -152,11 +163,11 @@ class ReconstructionProcess:
     pid : int
     """
 
-    def __init__(self, factory: Callable[[], Any], *, nice: int = 10,
+    def __init__(self, factory: Callable[[], Any], *, nice: int = 10, idle: bool = False,
                  name: str = "rt-decoder-reconstruction") -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_child_main, args=(child, factory, int(nice)), name=name, daemon=True)
+        self._proc = ctx.Process(target=_child_main, args=(child, factory, int(nice), bool(idle)), name=name, daemon=True)
         self._proc.start()
         child.close()
         self.pid = int(self._proc.pid or 0)

@@ -49,7 +49,8 @@ class ReconstructionSettings:
     enabled: bool = option(True, "run live reconstruction (false: publish activity frames instead)")
     model_dir: str = option("", "encoder model directory (rt-decoder train); empty = the shipped demo model")
     backend: str = option("onnxruntime", "encoder backend", choices=BACKEND_KINDS)
-    threads: int = option(2, "intra-op threads of the encoder backend", 1, 256)
+    threads: int = option(2, "intra-op threads of the encoder backend (with process = true, at most the "
+                          "machine's cores minus one: one core stays with the frame path)", 1, 256)
     cached_context: bool = option(True, "reuse the core features of frozen frames (exact for causal encoders; "
                                   "the tensorrt backend has no live graph and needs false)")
     min_roi_coverage: float = option(0.5, "a session whose ROI ids cover less than this share of the model's "
@@ -59,6 +60,9 @@ class ReconstructionSettings:
                            "path (intake, deconvolution, recording, output) never waits for it; false: a thread "
                            "of the service")
     process_nice: int = option(10, "CPU niceness added to the reconstruction process (0 = the service's)", 0, 19)
+    process_idle: bool = option(True, "run the reconstruction process under SCHED_IDLE (Linux): it gets only CPU "
+                                "time nothing else wants, so the frame path preempts it at once; false: "
+                                "process_nice only")
     live: LiveSettings = section(LiveSettings, "the live stage: lag, steps, budget, ensemble, warm start, blur")
 
     #: keys of the flat [reconstruction] table (before the live/optim subtables) -> new place
