@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
@@ -447,7 +447,7 @@ class SessionStage(PassStage):
         return out + self._accept(frame, epoch=False)
 
     def _accept(self, frame: Any, *, epoch: bool) -> list[Item]:
-        m, out = self.counters, []
+        m, out = self.counters, cast(list[Item], [])
         fi, last = int(frame.frame_index), self._last_frame_index
         if last is not None and fi != last + 1:
             missing = fi - last - 1
@@ -733,7 +733,8 @@ class Reconstructor(Protocol):
     when it has none.
     """
 
-    model_deconv: Mapping[str, Any]
+    @property
+    def model_deconv(self) -> Mapping[str, Any]: ...
 
     def reset(self, info: SessionInfo) -> None: ...
 
@@ -832,9 +833,9 @@ class ActivityPassThrough(PassStage):
 class FrameOutput(Protocol):
     """Where output frames go (``streaming.transport.OutputStream``)."""
 
-    def begin(self, info: SessionInfo) -> None: ...
+    def begin(self, info: SessionInfo) -> object: ...
 
-    def end(self, n_frames: int) -> None: ...
+    def end(self, n_frames: int) -> object: ...
 
     def send(self, frame: ActivityFrame | DecodedFrame) -> ActivityFrame | DecodedFrame: ...
 

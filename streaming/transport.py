@@ -414,7 +414,8 @@ class StreamPublisher:
                 opts["XPUB_NODROP"] = 1  # a full subscriber queue makes a non-blocking send fail: counted
             sock = open_socket("xpub", socket_or_address, bind=bind, options=opts, context=context, curve=curve,
                                allow_non_loopback=allow_non_loopback or bool(allow_remote), what=what)
-            self._socket, self.address = sock, sock.endpoint
+            self._socket: SocketLike = sock
+            self.address = sock.endpoint
             self._owns_socket = True
         else:
             self._socket, self.address, self._owns_socket = socket_or_address, "", False
@@ -608,10 +609,12 @@ class StreamPublisher:
         """Read pending subscription notices (XPUB); returns the total seen so far."""
         if not self._owns_socket:
             return self.subscriptions_seen
+        sock = self._socket
+        assert isinstance(sock, ZmqSocket)  # a socket this publisher made (XPUB)
         with self._lock:
-            while self._socket.poll(0, POLLIN):
+            while sock.poll(0, POLLIN):
                 try:
-                    msg = self._socket.recv(NOBLOCK)
+                    msg = sock.recv(NOBLOCK)
                 except WouldBlock:
                     break
                 if msg[:1] == b"\x01":
@@ -809,7 +812,8 @@ class StreamSubscriber:
 
             self._open = _open
             sock = _open()
-            self._socket, self.address = sock, sock.endpoint
+            self._socket: SocketLike = sock
+            self.address = sock.endpoint
             self._owns_socket = True
         else:
             self._socket, self.address, self._owns_socket = socket_or_address, "", False
