@@ -38,12 +38,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 
 from rt_decoder.errors import StageError
 from rt_decoder.messages import ActivityFrame, DecodedFrame, FluorescenceFrame, SessionInfo, now_ns
+
+if TYPE_CHECKING:
+    from rt_decoder.deconv import DeconvSettings, OnlineDeconvolver
 
 # message kinds a source delivers (the wire protocol's names, streaming.protocol.KIND_*)
 KIND_SESSION_START = "session_start"
@@ -283,7 +286,7 @@ class SessionStage(PassStage):
         self._peer = ""
         self.max_gap_frames = int(max_gap_frames)
         self.confirm_jump_frames = int(confirm_jump_frames)
-        self._held: Any = None
+        self._held: FluorescenceFrame | ActivityFrame | None = None
         self.on_session_end = on_session_end
         self.info: SessionInfo | None = None
         self._last_seq: int | None = None
@@ -446,7 +449,7 @@ class SessionStage(PassStage):
                 return out
         return out + self._accept(frame, epoch=False)
 
-    def _accept(self, frame: Any, *, epoch: bool) -> list[Item]:
+    def _accept(self, frame: FluorescenceFrame | ActivityFrame, *, epoch: bool) -> list[Item]:
         m, out = self.counters, cast(list[Item], [])
         fi, last = int(frame.frame_index), self._last_frame_index
         if last is not None and fi != last + 1:
@@ -545,7 +548,7 @@ class DeconvStage(PassStage):
 
     name = "deconv"
 
-    def __init__(self, settings: Any, counters: Counters, *, window_frames: int = 0,
+    def __init__(self, settings: DeconvSettings, counters: Counters, *, window_frames: int = 0,
                  background_init: bool = True) -> None:
         from rt_decoder.deconv import DeconvSettings
 
@@ -560,7 +563,7 @@ class DeconvStage(PassStage):
         self.counters = counters
         self.window_frames = int(window_frames)
         self.background_init = bool(background_init)
-        self.deconv: Any = None
+        self.deconv: OnlineDeconvolver | None = None
         self._recent: np.ndarray | None = None
         self._lock = threading.Lock()
         self._backlog: collections.deque[FluorescenceFrame | FrameGap] = collections.deque()
@@ -600,7 +603,7 @@ class DeconvStage(PassStage):
         """True while the initial batch is estimated (and the frames since caught up) off the frame path."""
         return self._init_thread is not None
 
-    def _apply(self, dec: Any, item: FluorescenceFrame | FrameGap) -> ActivityFrame | None:
+    def _apply(self, dec: OnlineDeconvolver, item: FluorescenceFrame | FrameGap) -> ActivityFrame | None:
         """One frame or gap through ``dec`` (on whichever thread owns it now)."""
         if isinstance(item, FrameGap):
             if item.restart:
@@ -618,7 +621,7 @@ class DeconvStage(PassStage):
             self.counters.notes["last_stage_error"] = str(exc)[:200]
             return None
 
-    def _completes_batch(self, dec: Any, item: FluorescenceFrame | FrameGap) -> bool:
+    def _completes_batch(self, dec: OnlineDeconvolver, item: FluorescenceFrame | FrameGap) -> bool:
         k = item.n_missing if isinstance(item, FrameGap) else 1
         return (self.background_init and not dec.ready and k > 0
                 and dec.frames_seen + k >= dec.settings.init_frames)
@@ -626,6 +629,7 @@ class DeconvStage(PassStage):
     def _feed(self, item: FluorescenceFrame | FrameGap) -> tuple[bool, ActivityFrame | None]:
         """(handled in line?, its output). Items go to the background catch-up while it runs."""
         dec = self.deconv
+        assert dec is not None  # a fluorescence session
         with self._lock:
             if self._init_error is not None:
                 err, self._init_error = self._init_error, None
@@ -642,7 +646,7 @@ class DeconvStage(PassStage):
                 return False, None
         return True, self._apply(dec, item)
 
-    def _catch_up(self, dec: Any) -> None:
+    def _catch_up(self, dec: OnlineDeconvolver) -> None:
         try:
             while True:
                 with self._lock:

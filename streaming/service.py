@@ -58,6 +58,7 @@ from rt_decoder.pipeline import (
 from streaming import protocol
 from streaming.config import InputSettings, OutputSettings, ServiceConfig, StatusSettings
 from streaming.metrics import MetricsRecorder, PrometheusServer, write_summary
+from streaming.recorder import SessionRecorder
 from streaming.transport import Curve, StreamPublisher, StreamSubscriber
 
 
@@ -159,7 +160,7 @@ class DecoderService:
         self.status: StreamPublisher | None = status
         self._given = {"source": source is not None, "output": output is not None, "status": status is not None}
         self.prometheus: PrometheusServer | None = None
-        self.recorder: Any = None
+        self.recorder: SessionRecorder | None = None
         self.runner: Runner | None = None
         self.output_stage: OutputStage | None = None
         self.recon_stage: ReconstructionStage | None = None
@@ -314,8 +315,6 @@ class DecoderService:
         if self.output is None:
             self.output = open_output(cfg.output, context=self.context)
         if cfg.recording.enabled:
-            from streaming.recorder import SessionRecorder
-
             self.recorder = SessionRecorder(
                 cfg.recording.directory, self.metrics, queue_frames=cfg.recording.queue_frames,
                 flush_every_s=cfg.recording.flush_every_s, record_decoded=cfg.recording.record_decoded).start()
