@@ -505,7 +505,7 @@ def run_rig_stream(settings: RigStreamSettings, *, bind: str | None = None, conn
         address = bind if bind is not None else connect
         assert address is not None
         pub = StreamPublisher(address, info, bind=bind is not None, resend_info_every_s=s.resend_info_every_s,
-                              allow_remote=s.allow_non_loopback, info_ext={"x-clock": "monotonic"}, context=ctx)
+                              allow_non_loopback=s.allow_non_loopback, info_ext={"x-clock": "monotonic"}, context=ctx)
         say(f"rig: publishing on {pub.address} (session {sid}, {info.n_rois} ROIs, {s.frame_rate_hz:g} Hz, "
             f"trials {'held-out' if s.heldout else (s.trials or f'0..{s.n_trials - 1}')})")
         if s.record:

@@ -6,9 +6,10 @@ transport, builds the stages, and hands them to ``Runner``. Tests hand it in-mem
 The chain, in order::
 
     source --[receiver thread]--> intake queue (bounded, never blocks: overflow counted)
-      --[frame thread]--> IntakeStage      messages counted, frames stamped rx/decode
-                      --> SessionStage     session start/end, sequence and frame-index gaps,
-                                           ROI-count check
+      --[frame thread]--> IntakeStage      messages counted
+                      --> SessionStage     sessions and who owns them, sequence and frame-index
+                                           gaps, ROI-count and non-finite checks, frames
+                                           stamped rx/decode
                       --> RecordTap        received frames and stimuli to the recording
                       --> DeconvStage      fluorescence -> activity (+ the recent window)
       --[latest-frame handoff: a newer frame replaces one still waiting, counted as skipped]-->
@@ -564,7 +565,9 @@ class DeconvStage(PassStage):
         self.window_frames = int(window_frames)
         self.background_init = bool(background_init)
         self.deconv: OnlineDeconvolver | None = None
+        # activity sessions: the last window_frames activity rows as a ring (row _head is the oldest)
         self._recent: np.ndarray | None = None
+        self._head = 0
         self._lock = threading.Lock()
         self._backlog: collections.deque[FluorescenceFrame | FrameGap] = collections.deque()
         self._init_thread: threading.Thread | None = None
@@ -581,6 +584,7 @@ class DeconvStage(PassStage):
                                                                            info.frame_rate_hz)
         self._recent = (np.zeros((self.window_frames, info.n_rois), np.float32)
                         if (self.window_frames and info.is_activity) else None)
+        self._head = 0
 
     def warmup(self, info: SessionInfo) -> None:
         """Compile the kernels and run the parameter estimation on a dummy session."""
@@ -668,10 +672,10 @@ class DeconvStage(PassStage):
         if isinstance(item, FrameGap):
             if self.deconv is not None:
                 self._feed(item)
-            if self._recent is not None:
+            if self._recent is not None:  # missing frames: rows of no evidence
                 k = min(item.n_missing, len(self._recent))
-                self._recent = np.roll(self._recent, -k, axis=0)
-                self._recent[-k:] = 0.0
+                self._recent[(self._head + np.arange(k)) % len(self._recent)] = 0.0
+                self._head = (self._head + k) % len(self._recent)
             return []
         if not isinstance(item, (FluorescenceFrame, ActivityFrame)):
             return [item]
@@ -709,13 +713,14 @@ class DeconvStage(PassStage):
         if self.deconv is not None:
             recent = np.asarray(self.deconv.recent(self.window_frames), np.float32)  # a fresh copy
         else:
-            assert self._recent is not None
-            self._recent = np.roll(self._recent, -1, axis=0)
-            self._recent[-1] = act.values
-            if not np.isfinite(self._recent[-1]).all():  # missing samples: no evidence
-                self._recent[-1] = np.nan_to_num(self._recent[-1], nan=0.0, posinf=0.0, neginf=0.0)
-                act = dataclasses.replace(act, values=self._recent[-1].copy())
-            recent = self._recent.copy()
+            ring, h = self._recent, self._head
+            assert ring is not None
+            ring[h] = act.values
+            if not np.isfinite(ring[h]).all():  # missing samples: no evidence
+                np.nan_to_num(ring[h], copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+                act = dataclasses.replace(act, values=ring[h].copy())
+            self._head = (h + 1) % len(ring)
+            recent = np.concatenate((ring[self._head:], ring[:self._head]))  # oldest first, one copy
         return [ActivityWindow(act, recent)]
 
     def stats(self) -> dict[str, Any]:

@@ -35,12 +35,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from rt_decoder.errors import BackendUnavailableError, ConfigError, DataFormatError
 from rt_decoder.messages import SessionInfo, now_ns
+
+if TYPE_CHECKING:
+    from streaming.transport import StreamPublisher
 
 FORMATS = ("auto", "session", "suite2p", "sensorium", "nwb")
 
@@ -429,17 +432,17 @@ class Replayer:
 
 def make_publisher(address: str, info: SessionInfo, *, bind: bool, ctx: Any = None,
                    curve_client_key_file: str = "", curve_server_key_file: str = "",
-                   allow_remote: bool = False, sndhwm: int = 100_000) -> Any:
+                   allow_non_loopback: bool = False, sndhwm: int = 100_000) -> StreamPublisher:
     """A ``StreamPublisher`` for ``address``, a CURVE client of the server when both key files
     are given."""
     from streaming.transport import Curve, StreamPublisher
 
-    curve = None
+    curve: Curve | None = None
     if curve_client_key_file or curve_server_key_file:
         if not (curve_client_key_file and curve_server_key_file):
             raise ConfigError("CURVE needs both the client secret key file and the server public key file")
         curve = Curve(curve_client_key_file, server=False, server_public_key_file=curve_server_key_file)
-    return StreamPublisher(address, info, bind=bind, allow_non_loopback=allow_remote, sndhwm=sndhwm, context=ctx,
+    return StreamPublisher(address, info, bind=bind, allow_non_loopback=allow_non_loopback, sndhwm=sndhwm, context=ctx,
                            curve=curve, linger_ms=2000)
 
 

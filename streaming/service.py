@@ -57,7 +57,7 @@ from rt_decoder.pipeline import (
 )
 from streaming import protocol
 from streaming.config import InputSettings, OutputSettings, ServiceConfig, StatusSettings
-from streaming.metrics import MetricsRecorder, PrometheusServer, write_summary
+from streaming.metrics import LATENCY_COLUMNS, MetricsRecorder, PrometheusServer, write_summary
 from streaming.recorder import SessionRecorder
 from streaming.transport import Curve, StreamPublisher, StreamSubscriber
 
@@ -238,8 +238,6 @@ class DecoderService:
             if d_sub >= 5 and d_skip > 0.25 * d_sub:
                 why.append(f"the reconstruction skipped {d_skip} of {d_sub} frames in the last second")
             if self.recon_stage is not None:
-                from streaming.metrics import LATENCY_COLUMNS
-
                 lat = self.metrics.recent_latencies(n)[:, LATENCY_COLUMNS.index("service")]
                 lat = lat[np.isfinite(lat)]
                 if lat.size >= 5 and float(np.median(lat)) > 2 * period_ms:

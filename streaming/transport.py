@@ -171,12 +171,13 @@ class ZmqSocket:
     ``endpoint``, and what must stop with it (a CURVE authenticator). Forwards the calls the
     transport uses; ``close`` closes both."""
 
-    def __init__(self, sock: Any, endpoint: str, auth: Any = None, *, monitor: bool = False) -> None:
+    def __init__(self, sock: Any, endpoint: str, authenticator: Any = None, *, monitor: bool = False) -> None:
         import zmq
 
         self.sock = sock
         self.endpoint = endpoint
-        self._auth = auth
+        #: the CURVE authenticator serving this socket, stopped by ``close`` (None: none, or not ours)
+        self.authenticator = authenticator
         self._again = zmq.Again
         self._monitor = sock.get_monitor_socket() if monitor else None
 
@@ -221,11 +222,6 @@ class ZmqSocket:
     def poll(self, timeout: int | None = None, flags: int = POLLIN) -> int:
         return int(self.sock.poll(timeout, flags))
 
-    def detach_authenticator(self) -> Any:
-        """Take the CURVE authenticator away (``close`` will not stop it): for a rebuild."""
-        auth, self._auth = self._auth, None
-        return auth
-
     def close(self, linger: int | None = None) -> None:
         if self._monitor is not None:
             try:
@@ -235,9 +231,9 @@ class ZmqSocket:
             self._monitor.close(linger=0)
             self._monitor = None
         self.sock.close(linger=linger)
-        if self._auth is not None:
-            self._auth.stop()
-            self._auth = None
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
 
 
 def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool = False,
@@ -279,35 +275,26 @@ def open_socket(kind: str, address: str, *, bind: bool, allow_non_loopback: bool
     if kind not in _KINDS:
         raise ConfigError(f"unknown socket kind {kind!r}; known: {sorted(_KINDS)}")
     ctx = context or zmq.Context.instance()
-    sock = ctx.socket(getattr(zmq, _KINDS[kind]))
-    auth = None
-    mon = None
+    zs = ZmqSocket(ctx.socket(getattr(zmq, _KINDS[kind])), address, monitor=monitor)  # the monitor sees the bind too
+    sock = zs.sock
     try:
-        if monitor:
-            mon = ZmqSocket(sock, address, monitor=True)  # the monitor sees the bind/connect too
         for name, value in (options or {}).items():
             sock.setsockopt(getattr(zmq, name), value)
         if curve is not None:
-            auth = _apply_curve(sock, curve, ctx, authenticator)
+            zs.authenticator = _apply_curve(sock, curve, ctx, authenticator)
         if bind:
             sock.bind(address)
-            endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+            zs.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         else:
             sock.connect(address)
-            endpoint = address
-    except zmq.ZMQError as exc:
-        mon.close(linger=0) if mon is not None else sock.close(linger=0)
-        if auth is not None and auth is not authenticator:
-            auth.stop()
-        raise ConfigError(f"{what + ': ' if what else ''}cannot {'bind' if bind else 'connect'} "
-                          f"{address!r}: {exc}") from None
-    except (OSError, ValueError) as exc:  # unreadable key file
-        mon.close(linger=0) if mon is not None else sock.close(linger=0)
-        raise ConfigError(f"{what + ': ' if what else ''}CURVE key file: {exc}") from None
-    if mon is not None:
-        mon.endpoint, mon._auth = endpoint, auth
-        return mon
-    return ZmqSocket(sock, endpoint, auth)
+    except (zmq.ZMQError, OSError, ValueError) as exc:  # OSError/ValueError: an unreadable key file
+        if zs.authenticator is authenticator:
+            zs.authenticator = None  # the caller's: it keeps running
+        zs.close(linger=0)
+        why = (f"cannot {'bind' if bind else 'connect'} {address!r}: {exc}" if isinstance(exc, zmq.ZMQError)
+               else f"CURVE key file: {exc}")
+        raise ConfigError(f"{what + ': ' if what else ''}{why}") from None
+    return zs
 
 
 def set_realtime_priority(priority: int = 10) -> str | None:
@@ -736,7 +723,7 @@ class StreamSubscriber:
         Address to connect (or bind), or an existing socket (the caller keeps owning it;
         it must already be subscribed).
     bind : bool
-        Bind instead of connect (loopback only unless ``allow_remote``).
+        Bind instead of connect.
     max_bytes : int
         Size limit per message; larger ones are counted as ``too_large``. ZeroMQ's own
         ``MAXMSGSIZE`` is set to 4x this (memory-bomb guard: such a peer is disconnected).
@@ -983,13 +970,12 @@ class StreamSubscriber:
                 break
         assert self._open is not None
         self._last_rebuild = now
-        auth = sock.detach_authenticator()  # one authenticator per context's ZAP endpoint: keep it
-        try:
-            new = self._open(auth)
+        try:  # one authenticator per context's ZAP endpoint: the new socket takes the old one's
+            new = self._open(sock.authenticator)
         except ConfigError as exc:  # e.g. the old endpoint not yet released: the next check retries
-            sock._auth = auth
             self.link_events.append(f"REBUILD_FAILED: {exc}"[:200])
             return
+        sock.authenticator = None
         sock.close(linger=0)
         self._socket = new
         self.counters.socket_rebuilds += 1

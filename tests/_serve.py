@@ -356,3 +356,16 @@ def _toml(sections: dict[str, dict[str, Any]]) -> str:
             lines.append(f"{key} = {v}")
         lines.append("")
     return "\n".join(lines)
+
+
+def plain_open_error(path: Path) -> str | None:
+    """None when plain ``h5py.File(path, "r")`` opens a session recording and reads its
+    frames, else the error text."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f["frames/values"][:1]
+    except OSError as exc:
+        return str(exc)
+    return None

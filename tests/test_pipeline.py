@@ -35,6 +35,7 @@ from streaming.config import config_from_dict
 from streaming.metrics import MetricsRecorder
 from streaming.service import DecoderService, State
 from streaming.transport import InMemoryLink, StreamPublisher, StreamSubscriber
+from tests._stages import SlowStage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,37 +108,6 @@ def test_session_stage_gaps_and_restarts() -> None:
     assert st(Inbound(P.Envelope(P.KIND_SESSION_START, "o", 0, 0, other), 1, 2)) == []  # another id: refused
     t[0] = 2.5  # ... until the running session was silent for takeover_after_s
     assert st(Inbound(P.Envelope(P.KIND_SESSION_START, "o", 0, 0, other), 1, 2)) == [SessionStarted(other)]
-
-
-class SlowStage:
-    """A reconstructor that takes ``delay_s`` per frame and 'decodes' frame i as an image of i."""
-
-    model_deconv: dict[str, Any] = {}
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        self.seen: list[int] = []
-        self.resets = 0
-
-    def reset(self, info: SessionInfo) -> None:
-        self.resets += 1
-
-    def warmup(self) -> None:
-        pass
-
-    def flush(self) -> list[DecodedFrame]:
-        return []
-
-    def stats(self) -> dict[str, Any]:
-        return {"calls": len(self.seen)}
-
-    def __call__(self, frame: ActivityFrame, recent: np.ndarray | None) -> list[DecodedFrame]:
-        time.sleep(self.delay_s)
-        self.seen.append(frame.frame_index)
-        assert recent is not None and recent.shape[1] == frame.values.shape[0]
-        np.testing.assert_array_equal(recent[-1], frame.values)
-        return [DecodedFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps,
-                             image=np.full((36, 64), frame.frame_index, np.float32))]
 
 
 def in_memory_service(reconstructor: Any = None, **pipeline: Any) -> tuple[DecoderService, StreamPublisher,

@@ -25,6 +25,7 @@ import pytest
 from rt_decoder.errors import DataFormatError
 from rt_decoder.io._hdf5_superblock import lookup3, read_superblock
 from rt_decoder.io.session_file import SessionReader, SessionWriter, read_session, recover_session
+from tests._serve import plain_open_error
 
 REPO = Path(__file__).resolve().parents[1]
 #: how tests start the command line (one place to change when the CLI package moves)
@@ -35,16 +36,6 @@ ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 def cli(*argv: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *argv], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-def plain_open_error(path: Path) -> str | None:
-    """None when plain ``h5py.File(path, "r")`` opens the file, else the error text."""
-    try:
-        with h5py.File(path, "r") as f:
-            f["frames/values"][:1]
-    except OSError as exc:
-        return str(exc)
-    return None
 
 
 # ---------------------------------------------------------------------------- the superblock checksum

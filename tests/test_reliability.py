@@ -35,7 +35,7 @@ import pytest
 from rt_decoder.errors import ProtocolError
 from rt_decoder.messages import ActivityFrame, now_ns
 from streaming import protocol as P
-from tests._serve import ENV, REPO, TIMEOUT_S, Publisher, Serve, doc_example_sender, join_session
+from tests._serve import ENV, REPO, TIMEOUT_S, Publisher, Serve, doc_example_sender, join_session, plain_open_error
 
 pytestmark = pytest.mark.slow
 
@@ -365,15 +365,6 @@ def test_one_far_sequence_number_does_not_disturb_the_session(seq_max_run: dict[
 
 
 # ---------------------------------------------------------------------------- kill -9 while recording
-
-
-def plain_open_error(path: Path) -> str | None:
-    try:
-        with h5py.File(path, "r") as f:
-            f["frames/values"][:1]
-    except OSError as exc:
-        return str(exc)
-    return None
 
 
 def test_kill_9_while_recording_leaves_a_file_plain_h5py_reads(tmp_path: Path) -> None:

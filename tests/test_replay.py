@@ -424,3 +424,20 @@ def test_replayed_sensorium_session_is_scored_by_the_sink(tmp_path: Path) -> Non
     m = c.finish().metrics
     assert k == 60 and m["frames"]["stimulus"] == 60 and m["frames"]["matched"] == 60
     assert m["correlation"]["video_corr"] > 0.8 and "why_none" not in m["correlation"]
+
+
+def test_make_publisher_follows_the_address_policy() -> None:
+    """`replay --allow-non-loopback` reaches the publisher: a non-loopback bind works with it
+    and is refused without it."""
+    from rt_decoder.errors import ConfigError
+    from rt_decoder.messages import SessionInfo
+    from streaming.replay import make_publisher
+
+    info = SessionInfo("policy", np.arange(3), 30.0)
+    with pytest.raises(ConfigError, match="not loopback"):
+        make_publisher("tcp://0.0.0.0:*", info, bind=True)
+    pub = make_publisher("tcp://0.0.0.0:*", info, bind=True, allow_non_loopback=True)
+    try:
+        assert pub.address.startswith("tcp://0.0.0.0:")
+    finally:
+        pub.close()

@@ -28,6 +28,7 @@ from streaming import protocol as P
 from streaming.config import ServiceConfig, config_from_dict
 from streaming.metrics import MetricsRecorder
 from streaming.service import DecoderService, State
+from tests._stages import SlowStage
 
 TIMEOUT_S = 60.0
 
@@ -387,37 +388,6 @@ def test_service_restarted_mid_session_joins_late(tmp_path: Path, ctx: zmq.Conte
         stop.set()
         t.join()
         pub.close()
-
-
-class SlowStage:
-    """A fake reconstruction stage that takes ``delay_s`` per call and emits one frame."""
-
-    model_deconv: dict[str, Any] = {}
-
-    def __init__(self, delay_s: float) -> None:
-        self.delay_s = delay_s
-        self.seen: list[int] = []
-        self.resets = 0
-
-    def reset(self, info: SessionInfo) -> None:
-        self.resets += 1
-
-    def warmup(self) -> None:
-        pass
-
-    def flush(self) -> list[DecodedFrame]:
-        return []
-
-    def stats(self) -> dict[str, Any]:
-        return {"slow_calls": len(self.seen)}
-
-    def __call__(self, frame: ActivityFrame, recent: np.ndarray) -> list[DecodedFrame]:
-        time.sleep(self.delay_s)
-        self.seen.append(frame.frame_index)
-        assert recent.shape[1] == frame.values.shape[0]
-        np.testing.assert_array_equal(recent[-1], frame.values)
-        return [DecodedFrame(frame.seq, frame.frame_index, frame.acq_ns, stamps=frame.stamps,
-                             image=np.full((36, 64), frame.frame_index, np.float32))]
 
 
 def test_service_with_slow_stage_publishes_decoded_frames_and_counts_skips(tmp_path: Path,

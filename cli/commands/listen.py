@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     ctx = zmq.Context()
     sub = StreamSubscriber(args.connect or args.bind, bind=bool(args.bind), max_bytes=args.max_bytes,
-                           allow_remote=args.allow_non_loopback, context=ctx)
+                           allow_non_loopback=args.allow_non_loopback, context=ctx)
     say(f"listen: {'bound' if args.bind else 'connected'} to {sub.address}")
     t_start = time.monotonic()
     arrivals: list[int] = []  # recv ns of frames

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         _, total = check_model_coverage(source.info, args.model)
         print(f"rt-decoder replay: the source holds all {total} neurons of the model in {args.model}", file=sys.stderr)
     pub = make_publisher(address, source.info, bind=not args.connect, curve_client_key_file=args.curve_client_key,
-                         curve_server_key_file=args.curve_server_key)
+                         curve_server_key_file=args.curve_server_key, allow_non_loopback=args.allow_non_loopback)
     stop = {"flag": False}
 
     def on_signal(signum: int, _frame: object) -> None:

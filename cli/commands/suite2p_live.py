@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     session_id = args.session_id or time.strftime("suite2p-live-%Y%m%dT%H%M%S")
     info = extractor.session_info(session_id)
     address = args.connect or args.bind
-    publisher = StreamPublisher(address, info, bind=not args.connect, allow_remote=args.allow_non_loopback)
+    publisher = StreamPublisher(address, info, bind=not args.connect, allow_non_loopback=args.allow_non_loopback)
 
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
